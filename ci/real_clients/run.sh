@@ -1,0 +1,267 @@
+#!/usr/bin/env bash
+# Real-client end-to-end test for hayate: real BitTorrent clients (libtorrent
+# via Debian's python3-libtorrent, and aria2c) transfer a random file through
+# the hayate tracker on loopback; the downloaded file is checked by sha256.
+#
+# Usage: ci/real_clients/run.sh PATH_TO_HAYATE_BINARY
+#
+# Needs (Debian): python3-libtorrent aria2 mktorrent iproute2 (ss), coreutils.
+# Output: one "PASS <case>" / "FAIL <case>: <reason>" line per case on stdout,
+# then "real-clients: N passed, M failed". Diagnostics go to stderr.
+# Exit status 0 only if every case passed.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PY=/usr/bin/python3               # Debian's python, has libtorrent
+CASE_TIMEOUT="${CASE_TIMEOUT:-60}"  # hard limit per case, seconds
+# KEEP_WORK=1 keeps each case's temp dir (logs, alerts) for debugging.
+# CASES="a b" runs only the named cases.
+
+ALL_CASES=(
+  libtorrent-http-ipv4
+  libtorrent-udp-ipv4
+  libtorrent-http-ipv6
+  libtorrent-udp-ipv6
+  aria2-http-ipv4
+  aria2-http-ipv6
+)
+if [[ -n "${CASES:-}" ]]; then read -r -a CASES <<<"$CASES"; else CASES=("${ALL_CASES[@]}"); fi
+
+die() { echo "$*" >&2; exit 2; }
+
+# ---------------------------------------------------------------------------
+# One case, run as a separate process: run.sh --case NAME HAYATE REASON_FILE
+# ---------------------------------------------------------------------------
+PIDS=()
+WORK=""
+REASON_FILE=""
+
+fail() {
+  echo "$*" >"$REASON_FILE"
+  exit 1
+}
+
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    # bounded wait, then SIGKILL
+    for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  if [[ -n "$WORK" && -d "$WORK" ]]; then
+    if [[ -n "${KEEP_WORK:-}" ]]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
+  fi
+}
+
+# Random port in 20000-39999 with no TCP or UDP listener on it.
+free_port() {
+  local p
+  for _ in $(seq 1 100); do
+    p=$((20000 + RANDOM % 20000))
+    if [[ -z "$(ss -Hlntu "( sport = :$p )" 2>/dev/null)" ]]; then
+      echo "$p"; return 0
+    fi
+  done
+  return 1
+}
+
+# Run a command in the background and wait for it (so a SIGTERM from the
+# outer `timeout` interrupts the wait and the EXIT trap runs promptly).
+bg_wait() {
+  "$@" &
+  local pid=$!
+  PIDS+=("$pid")
+  local rc=0
+  wait "$pid" || rc=$?
+  return "$rc"
+}
+
+# Show the tail of diagnostic files on stderr.
+show() {
+  local f
+  for f in "$@"; do
+    [[ -s "$f" ]] || continue
+    echo "---- $CASE: tail of $(basename "$f") ----" >&2
+    tail -n 40 "$f" >&2
+  done
+}
+
+run_case() {
+  CASE="$1" HAYATE="$2" REASON_FILE="$3"
+  local case_start=$SECONDS
+  trap cleanup EXIT
+  trap 'exit 124' TERM INT
+
+  local client proto fam
+  IFS=- read -r client proto fam <<<"$CASE"
+
+  local host lhost
+  if [[ "$fam" == ipv6 ]]; then host='[::1]'; lhost='::1'; else host='127.0.0.1'; lhost='127.0.0.1'; fi
+  if [[ "$fam" == ipv6 ]] && ! ip -6 addr show dev lo 2>/dev/null | grep -q '::1/128'; then
+    fail "no ::1 on loopback"
+  fi
+
+  WORK="$(mktemp -d -t hayate-real-clients.XXXXXX)"
+  mkdir -p "$WORK/seed" "$WORK/leech"
+
+  # --- tracker ------------------------------------------------------------
+  local port
+  port="$(free_port)" || fail "no free tracker port"
+  cat >"$WORK/hayate.yaml" <<EOF
+workers: 1
+log:
+  level: info
+udp:
+  bind: ["127.0.0.1:$port", "[::1]:$port"]
+http:
+  bind: ["127.0.0.1:$port", "[::1]:$port"]
+announce:
+  interval_secs: 5
+  min_interval_secs: 1
+EOF
+  "$HAYATE" --config "$WORK/hayate.yaml" >"$WORK/tracker.log" 2>&1 &
+  local tpid=$!
+  PIDS+=("$tpid")
+  # Wait (<= 10 s) until TCP and UDP listen on both loopback addresses.
+  local ok=0
+  for _ in $(seq 1 100); do
+    kill -0 "$tpid" 2>/dev/null || { show "$WORK/tracker.log"; fail "tracker exited at startup"; }
+    if [[ "$(ss -Hlnt "( sport = :$port )" | wc -l)" -ge 2 && \
+          "$(ss -Hlnu "( sport = :$port )" | wc -l)" -ge 2 ]]; then
+      ok=1; break
+    fi
+    sleep 0.1
+  done
+  [[ "$ok" == 1 ]] || { show "$WORK/tracker.log"; fail "tracker not listening on tcp+udp :$port within 10s"; }
+
+  # --- data + private torrent ------------------------------------------
+  local url="$proto://$host:$port/announce"
+  head -c $((3 * 1024 * 1024 + 12345)) /dev/urandom >"$WORK/seed/data.bin"
+  mktorrent -p -a "$url" -o "$WORK/data.torrent" "$WORK/seed/data.bin" >/dev/null 2>"$WORK/mktorrent.log" \
+    || { show "$WORK/mktorrent.log"; fail "mktorrent failed"; }
+
+  local sport lport
+  sport="$(free_port)" || fail "no free port"
+  lport="$(free_port)" || fail "no free port"
+  while [[ "$lport" == "$sport" || "$lport" == "$port" ]]; do lport="$(free_port)"; done
+
+  local inner=$((CASE_TIMEOUT - 12))   # leave room for startup and cleanup
+  case "$client" in
+  libtorrent)
+    local rc=0
+    bg_wait timeout -k 3 "$inner" "$PY" "$HERE/transfer.py" pair \
+      --torrent "$WORK/data.torrent" --data "$WORK/seed/data.bin" \
+      --seed-listen "$host:$sport" --leech-listen "$host:$lport" \
+      --leech-dir "$WORK/leech" --timeout $((inner - 5)) \
+      --log "$WORK/alerts.log" >"$WORK/transfer.out" 2>&1 || rc=$?
+    if [[ "$rc" != 0 ]]; then
+      show "$WORK/transfer.out" "$WORK/alerts.log" "$WORK/tracker.log"
+      local why
+      why="$(grep -m1 '^FAIL' "$WORK/transfer.out" | cut -c1-300 || true)"
+      case "$rc" in
+        2) fail "sha256 mismatch" ;;
+        124|137) fail "timed out after ${inner}s ${why}" ;;
+        *) fail "transfer.py exit $rc ${why}" ;;
+      esac
+    fi
+    ;;
+  aria2)
+    "$PY" "$HERE/transfer.py" seed \
+      --torrent "$WORK/data.torrent" --data "$WORK/seed/data.bin" \
+      --seed-listen "$host:$sport" --ready-file "$WORK/seed.ready" \
+      --timeout "$inner" --log "$WORK/alerts.log" >"$WORK/seed.out" 2>&1 &
+    local spid=$!
+    PIDS+=("$spid")
+    ok=0
+    for _ in $(seq 1 200); do      # <= 20 s for the seeder to be announced
+      [[ -e "$WORK/seed.ready" ]] && { ok=1; break; }
+      kill -0 "$spid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if [[ "$ok" != 1 ]]; then
+      show "$WORK/seed.out" "$WORK/alerts.log" "$WORK/tracker.log"
+      fail "libtorrent seeder not seeding/announced within 20s"
+    fi
+    local v6opt=()
+    [[ "$fam" == ipv4 ]] && v6opt=(--disable-ipv6=true)
+    local rc=0
+    local left=$((inner - (SECONDS - case_start)))
+    ((left >= 5)) || left=5
+    bg_wait timeout -k 3 "$left" aria2c \
+      --dir="$WORK/leech" --listen-port="$lport" \
+      --enable-dht=false --enable-dht6=false --bt-enable-lpd=false \
+      --enable-peer-exchange=false --seed-time=0 \
+      --bt-tracker-connect-timeout=5 --bt-tracker-timeout=10 --bt-tracker-interval=2 \
+      --file-allocation=none --no-conf=true \
+      --summary-interval=0 --console-log-level=warn \
+      --log="$WORK/aria2.log" --log-level=info \
+      "${v6opt[@]}" \
+      "$WORK/data.torrent" >"$WORK/aria2.out" 2>&1 || rc=$?
+    if [[ "$rc" != 0 ]]; then
+      show "$WORK/aria2.out" "$WORK/aria2.log" "$WORK/alerts.log" "$WORK/tracker.log"
+      case "$rc" in
+        124|137) fail "aria2c timed out" ;;
+        *) fail "aria2c exit $rc" ;;
+      esac
+    fi
+    ;;
+  *) fail "unknown client $client" ;;
+  esac
+
+  # --- verify -----------------------------------------------------------
+  [[ -f "$WORK/leech/data.bin" ]] || fail "downloaded file missing"
+  local want got
+  want="$(sha256sum <"$WORK/seed/data.bin" | cut -d' ' -f1)"
+  got="$(sha256sum <"$WORK/leech/data.bin" | cut -d' ' -f1)"
+  [[ "$want" == "$got" ]] || fail "sha256 mismatch: want $want got $got"
+  if ! kill -0 "$tpid" 2>/dev/null; then
+    show "$WORK/tracker.log"
+    fail "tracker died during the case"
+  fi
+  exit 0
+}
+
+if [[ "${1:-}" == "--case" ]]; then
+  [[ $# -eq 4 ]] || die "usage: $0 --case NAME HAYATE REASON_FILE"
+  run_case "$2" "$3" "$4"
+fi
+
+# ---------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------
+[[ $# -eq 1 ]] || die "usage: $0 PATH_TO_HAYATE_BINARY"
+HAYATE="$(realpath "$1")"
+[[ -x "$HAYATE" ]] || die "not executable: $HAYATE"
+for tool in "$PY" aria2c mktorrent ss timeout sha256sum; do
+  command -v "$tool" >/dev/null || die "missing tool: $tool"
+done
+"$PY" -c 'import libtorrent' 2>/dev/null || die "$PY has no libtorrent (apt install python3-libtorrent)"
+
+echo "hayate: $("$HAYATE" --version 2>&1 | head -n1 || true); libtorrent $("$PY" -c 'import libtorrent; print(libtorrent.__version__)'); $(aria2c --version | head -n1)" >&2
+
+passed=0
+failed=0
+REASON="$(mktemp -t hayate-real-clients-reason.XXXXXX)"
+trap 'rm -f "$REASON"' EXIT
+for c in "${CASES[@]}"; do
+  : >"$REASON"
+  start=$SECONDS
+  rc=0
+  timeout -k 10 "$CASE_TIMEOUT" bash "$0" --case "$c" "$HAYATE" "$REASON" || rc=$?
+  if [[ "$rc" == 0 ]]; then
+    echo "PASS $c"
+    passed=$((passed + 1))
+  else
+    reason="$(head -c 400 "$REASON" | tr '\n' ' ')"
+    [[ -n "$reason" ]] || reason="exit $rc$([[ $rc == 124 ]] && echo " (case timeout ${CASE_TIMEOUT}s)")"
+    echo "FAIL $c: $reason"
+    failed=$((failed + 1))
+  fi
+  echo "     ($c took $((SECONDS - start))s)" >&2
+done
+echo "real-clients: $passed passed, $failed failed"
+[[ "$failed" == 0 ]]

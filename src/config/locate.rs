@@ -1,0 +1,64 @@
+//! Maps between dotted config keys (`http.max_connections`) and lines of a YAML file, so that
+//! every config error can name both. Block-style YAML only, which is what config.yaml uses;
+//! for anything fancier the error still names the key without a line.
+
+/// The key defined on line `line` (1-based), as a dotted path, if that line is a `key:` line.
+pub fn key_at_line(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let (indent, key) = key_of(lines.get(line.checked_sub(1)?)?)?;
+    let mut path = vec![key];
+    let mut want_below = indent;
+    for l in lines[..line - 1].iter().rev() {
+        if let Some((i, k)) = key_of(l)
+            && i < want_below
+        {
+            path.push(k);
+            want_below = i;
+            if i == 0 {
+                break;
+            }
+        }
+    }
+    path.reverse();
+    Some(path.join("."))
+}
+
+/// The 1-based line where dotted `key` is defined, if it is written in the file.
+pub fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    (1..=text.lines().count()).find(|&n| key_at_line(text, n).as_deref() == Some(key))
+}
+
+/// `(indent, key)` of a `key: value` or `key:` line; None for comments, blanks and list items.
+fn key_of(line: &str) -> Option<(usize, &str)> {
+    let trimmed = line.trim_start();
+    if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('-') {
+        return None;
+    }
+    let colon = trimmed.find(':')?;
+    let key = trimmed[..colon]
+        .trim()
+        .trim_matches(|c| c == '"' || c == '\'');
+    let ok = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    ok.then_some((line.len() - trimmed.len(), key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = "a: 1\nb:\n  # comment\n  c: 2\n  d:\n    e: [1]\nf: 3\n";
+
+    #[test]
+    fn keys_are_found_by_line_and_lines_by_key() {
+        assert_eq!(key_at_line(DOC, 1).as_deref(), Some("a"));
+        assert_eq!(key_at_line(DOC, 4).as_deref(), Some("b.c"));
+        assert_eq!(key_at_line(DOC, 6).as_deref(), Some("b.d.e"));
+        assert_eq!(key_at_line(DOC, 7).as_deref(), Some("f"));
+        assert_eq!(key_at_line(DOC, 3), None);
+        assert_eq!(line_of_key(DOC, "b.d.e"), Some(6));
+        assert_eq!(line_of_key(DOC, "b.x"), None);
+    }
+}

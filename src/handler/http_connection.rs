@@ -1,0 +1,141 @@
+//! One HTTP connection's bytes: requests in, responses out, keep-alive and pipelining. Engines
+//! own the socket and call this; they know nothing of HTTP.
+
+use std::net::SocketAddr;
+
+use super::HttpHandler;
+use crate::protocol::http::response::write_http;
+
+/// Stop answering pipelined requests while this much output waits for the socket.
+const MAX_PENDING_OUTPUT: usize = 256 * 1024;
+const MAX_HEADERS: usize = 32;
+
+pub struct HttpConnection {
+    peer: SocketAddr,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    /// Bytes of `output` already written to the socket.
+    written: usize,
+    /// Close once `output` is flushed (HTTP/1.0, `Connection: close`, or an error).
+    closing: bool,
+    max_request_bytes: usize,
+}
+
+impl HttpConnection {
+    pub fn new(peer: SocketAddr, max_request_bytes: usize) -> Self {
+        HttpConnection {
+            peer,
+            input: Vec::new(),
+            output: Vec::new(),
+            written: 0,
+            closing: false,
+            max_request_bytes,
+        }
+    }
+
+    /// Takes received bytes and answers every complete request among them.
+    pub fn received(&mut self, data: &[u8], handler: &mut HttpHandler) {
+        if !self.closing {
+            self.input.extend_from_slice(data);
+        }
+        self.process(handler);
+    }
+
+    /// Answers the complete requests waiting in the input, unless too much output is pending.
+    pub fn process(&mut self, handler: &mut HttpHandler) {
+        let mut consumed = 0;
+        while !self.closing && self.output.len() - self.written < MAX_PENDING_OUTPUT {
+            let pending = &self.input[consumed..];
+            if pending.is_empty() {
+                break;
+            }
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut request = httparse::Request::new(&mut headers);
+            match request.parse(pending) {
+                Ok(httparse::Status::Complete(len)) => {
+                    consumed += len;
+                    if has_body(&request) {
+                        self.fail("400 Bad Request", "request bodies are not supported");
+                        break;
+                    }
+                    let close = request.version != Some(1) || wants_close(&request);
+                    handler.handle(&request, self.peer, close, &mut self.output);
+                    self.closing |= close;
+                }
+                Ok(httparse::Status::Partial) => {
+                    if pending.len() > self.max_request_bytes {
+                        self.fail("431 Request Header Fields Too Large", "request too large");
+                    }
+                    break;
+                }
+                Err(httparse::Error::TooManyHeaders) => {
+                    self.fail("431 Request Header Fields Too Large", "too many headers");
+                    break;
+                }
+                Err(_) => {
+                    self.fail("400 Bad Request", "malformed HTTP request");
+                    break;
+                }
+            }
+        }
+        self.input.drain(..consumed);
+        if self.closing {
+            self.input.clear();
+        }
+    }
+
+    fn fail(&mut self, status: &str, body: &str) {
+        write_http(
+            &mut self.output,
+            status,
+            "text/plain",
+            body.as_bytes(),
+            true,
+        );
+        self.closing = true;
+    }
+
+    /// Output not yet written to the socket.
+    pub fn pending_output(&self) -> &[u8] {
+        &self.output[self.written..]
+    }
+
+    /// `n` bytes of [`Self::pending_output`] went out.
+    pub fn wrote(&mut self, n: usize) {
+        self.written += n;
+        if self.written == self.output.len() {
+            self.output.clear();
+            self.written = 0;
+        }
+    }
+
+    /// Whether complete requests wait (they were held back by pending output).
+    pub fn has_unprocessed_input(&self) -> bool {
+        !self.input.is_empty() && !self.closing
+    }
+
+    /// All output is written and the connection should now be closed.
+    pub fn is_finished(&self) -> bool {
+        self.closing && self.pending_output().is_empty()
+    }
+}
+
+fn header<'a>(request: &'a httparse::Request<'_, '_>, name: &str) -> Option<&'a [u8]> {
+    request
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
+}
+
+fn wants_close(request: &httparse::Request<'_, '_>) -> bool {
+    header(request, "connection").is_some_and(|v| {
+        v.split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+    })
+}
+
+fn has_body(request: &httparse::Request<'_, '_>) -> bool {
+    header(request, "transfer-encoding").is_some()
+        || header(request, "content-length").is_some_and(|v| v.trim_ascii() != b"0")
+}

@@ -1,0 +1,15 @@
+//! The request path, one straight line for both protocols:
+//! decode -> middleware (pre) -> store -> middleware (post) -> encode.
+//!
+//! [`UdpHandler::handle`] and [`HttpConnection`] are what every engine calls; engines only move
+//! bytes. One handler per worker holds that worker's scratch buffers; [`Tracker`] is shared.
+
+mod http;
+mod http_connection;
+mod tracker;
+mod udp;
+
+pub use http::HttpHandler;
+pub use http_connection::HttpConnection;
+pub use tracker::Tracker;
+pub use udp::{MAX_UDP_REQUEST_BYTES, UdpHandler};

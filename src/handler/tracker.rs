@@ -1,0 +1,95 @@
+//! What the handlers of all workers share: the store, the hooks and the settings they apply.
+
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use crate::bittorrent::{AnnounceRequest, AnnounceResponse, ClientError, InfoHash, ScrapeStats};
+use crate::config::{AnnounceConfig, Config, parse_hex_key};
+use crate::middleware::{Middleware, RequestContext};
+use crate::protocol::udp::ConnectionIdKey;
+use crate::swarm::SwarmStore;
+
+pub struct Tracker {
+    pub store: Arc<SwarmStore>,
+    pub middleware: Middleware,
+    pub announce: AnnounceConfig,
+    pub connection_ids: ConnectionIdKey,
+    pub udp_max_scrape: usize,
+    pub http_max_scrape: usize,
+    /// Trusted proxies and the header they set, when the reverse-proxy rule is on.
+    pub reverse_proxy: Option<(String, Vec<IpNet>)>,
+}
+
+impl Tracker {
+    pub fn new(
+        config: &Config,
+        store: Arc<SwarmStore>,
+        middleware: Middleware,
+    ) -> anyhow::Result<Self> {
+        let lifetime = config.udp.connection_id_lifetime_secs;
+        let connection_ids = match parse_hex_key(&config.udp.connection_id_secret) {
+            Some(key) => ConnectionIdKey::new(key, lifetime),
+            None => {
+                if config.udp.enabled {
+                    tracing::warn!(
+                        "udp.connection_id_secret is not set: using a random key, so other nodes \
+                         will not accept this node's connection ids"
+                    );
+                }
+                ConnectionIdKey::random(lifetime)?
+            }
+        };
+        let proxy = &config.http.reverse_proxy;
+        Ok(Tracker {
+            store,
+            middleware,
+            announce: config.announce.clone(),
+            connection_ids,
+            udp_max_scrape: config.udp.max_scrape_hashes,
+            http_max_scrape: config.http.max_scrape_hashes,
+            reverse_proxy: proxy.enabled.then(|| {
+                (
+                    proxy.header.to_ascii_lowercase(),
+                    proxy.trusted_proxies.clone(),
+                )
+            }),
+        })
+    }
+
+    /// pre-hooks -> store -> post-hooks. `both_families`: also list peers of the other address
+    /// family (HTTP can carry both; a UDP response carries one).
+    pub fn announce(
+        &self,
+        ctx: &RequestContext<'_>,
+        request: &mut AnnounceRequest,
+        both_families: bool,
+        response: &mut AnnounceResponse,
+    ) -> Result<(), ClientError> {
+        self.middleware.before_announce(ctx, request)?;
+        let numwant = request
+            .numwant
+            .unwrap_or(self.announce.default_numwant)
+            .min(self.announce.max_numwant);
+        response.interval = self.announce.interval_secs;
+        response.min_interval = self.announce.min_interval_secs;
+        self.store
+            .announce(request, numwant as usize, both_families, response)?;
+        self.middleware.after_announce(ctx, request, response);
+        Ok(())
+    }
+
+    /// pre-hooks -> store -> post-hooks, one result per hash in `info_hashes` (in order).
+    pub fn scrape(
+        &self,
+        ctx: &RequestContext<'_>,
+        info_hashes: &mut Vec<InfoHash>,
+        stats: &mut Vec<(InfoHash, ScrapeStats)>,
+    ) -> Result<(), ClientError> {
+        self.middleware.before_scrape(ctx, info_hashes)?;
+        stats.clear();
+        stats.extend(info_hashes.iter().map(|h| (*h, self.store.scrape(h))));
+        self.middleware.after_scrape(ctx, stats);
+        Ok(())
+    }
+}

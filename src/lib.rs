@@ -1,0 +1,26 @@
+//! hayate: a BitTorrent tracker (HTTP and UDP, IPv4 and IPv6).
+//!
+//! The request path is one straight line, and the modules follow it:
+//!
+//! ```text
+//! engine (epoll)  ->  protocol (decode)  ->  middleware (pre)  ->  swarm (store)
+//!                 <-  protocol (encode)  <-  middleware (post) <-
+//! ```
+//!
+//! - [`engine`]: sockets, buffers and event loops; moves bytes, knows no protocol.
+//! - [`handler`]: one `handle` per protocol that every engine calls: the line above.
+//! - [`protocol`]: pure codecs (bytes to typed requests, typed responses to bytes).
+//! - [`middleware`]: the pre/post hook chain.
+//! - [`swarm`]: the lock-striped in-memory store of torrents and peers.
+//! - [`bittorrent`]: domain types shared by all of the above.
+
+pub mod bittorrent;
+pub mod clock;
+pub mod config;
+pub mod engine;
+pub mod handler;
+pub mod logging;
+pub mod middleware;
+pub mod protocol;
+pub mod server;
+pub mod swarm;

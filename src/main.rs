@@ -1,0 +1,77 @@
+//! The `hayate` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use hayate::clock::Clock;
+use hayate::config::{Config, DEFAULT_YAML};
+use hayate::middleware::Middleware;
+use hayate::server::{self, Exit};
+
+/// A fast, complete BitTorrent tracker: HTTP and UDP, IPv4 and IPv6.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (YAML). Without it, the embedded default config runs.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Print the default configuration, with the documentation of every key, and exit.
+    #[arg(long, conflicts_with_all = ["config", "check_config"])]
+    print_config: bool,
+
+    /// Check a configuration file and exit: 0 if it is valid, 2 if not.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    check_config: Option<PathBuf>,
+}
+
+/// Exit code of a config that cannot be used.
+const BAD_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.print_config {
+        print!("{DEFAULT_YAML}");
+        return ExitCode::SUCCESS;
+    }
+    if let Some(path) = cli.check_config {
+        return match Config::load(&path) {
+            Ok(_) => {
+                println!("{}: ok", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("hayate: invalid config: {e:#}");
+                ExitCode::from(BAD_CONFIG)
+            }
+        };
+    }
+    let config = match &cli.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("hayate: invalid config: {e:#}");
+                return ExitCode::from(BAD_CONFIG);
+            }
+        },
+        None => Config::embedded(),
+    };
+    hayate::logging::init(&config.log);
+    let server = match server::start(&config, Clock::real(), Middleware::default()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot start: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = server.handle_signals() {
+        tracing::error!("{e:#}");
+        return ExitCode::FAILURE;
+    }
+    match server.wait() {
+        Exit::Stopped => ExitCode::SUCCESS,
+        Exit::WorkerDied(_) => ExitCode::FAILURE,
+    }
+}

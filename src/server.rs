@@ -1,0 +1,267 @@
+//! Puts a tracker together from its config and supervises it: workers, the maintenance thread
+//! (clock and cleaning), signals. A worker that dies ends the process; SIGTERM stops it cleanly.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::clock::Clock;
+use crate::config::{Config, EngineKind};
+use crate::engine::Shutdown;
+use crate::engine::epoll::{EpollSettings, EpollWorker};
+use crate::engine::sockets::{SocketOptions, bind_all};
+use crate::handler::Tracker;
+use crate::middleware::Middleware;
+use crate::swarm::{SwarmLimits, SwarmStore};
+
+/// What the supervisor hears about.
+enum ServerEvent {
+    WorkerExited { name: String, panicked: bool },
+    Signal(i32),
+}
+
+/// Sends `WorkerExited` however the worker thread ends, panics included.
+struct ExitNotice {
+    name: String,
+    events: Sender<ServerEvent>,
+}
+
+impl Drop for ExitNotice {
+    fn drop(&mut self) {
+        let _ = self.events.send(ServerEvent::WorkerExited {
+            name: self.name.clone(),
+            panicked: std::thread::panicking(),
+        });
+    }
+}
+
+/// How a server ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// Stopped on request (signal or [`RunningServer::stop`]).
+    Stopped,
+    /// A worker died; the process should exit non-zero.
+    WorkerDied(String),
+}
+
+pub struct RunningServer {
+    tracker: Arc<Tracker>,
+    udp_addrs: Vec<SocketAddr>,
+    http_addrs: Vec<SocketAddr>,
+    shutdown: Arc<Shutdown>,
+    workers: usize,
+    events: Receiver<ServerEvent>,
+    events_tx: Sender<ServerEvent>,
+    maintenance: Option<JoinHandle<()>>,
+}
+
+/// Starts a tracker: binds every socket, then starts the workers and the maintenance thread.
+pub fn start(
+    config: &Config,
+    clock: Clock,
+    middleware: Middleware,
+) -> anyhow::Result<RunningServer> {
+    let workers = config.worker_count();
+    let limits = SwarmLimits {
+        max_torrents: config.swarm.max_torrents,
+        max_peers_per_torrent: config.swarm.max_peers_per_torrent,
+        peer_lifetime_secs: config.swarm.peer_lifetime_secs,
+    };
+    let store = Arc::new(SwarmStore::new(config.shard_count(), limits, clock.clone()));
+    let tracker = Arc::new(Tracker::new(config, store.clone(), middleware)?);
+    let sockets = bind_all(&SocketOptions {
+        workers,
+        udp_bind: if config.udp.enabled {
+            config.udp.bind.clone()
+        } else {
+            Vec::new()
+        },
+        http_bind: if config.http.enabled {
+            config.http.bind.clone()
+        } else {
+            Vec::new()
+        },
+        udp_recv_buffer_bytes: config.udp.socket_recv_buffer_bytes,
+    })?;
+    let shutdown = Arc::new(Shutdown::default());
+    let (events_tx, events) = channel();
+    let settings = EpollSettings {
+        udp_batch_size: config.udp.batch_size,
+        max_connections_per_worker: config.http.max_connections.div_ceil(workers),
+        max_request_bytes: config.http.max_request_bytes,
+        idle_timeout: Duration::from_secs(u64::from(config.http.idle_timeout_secs)),
+    };
+    match config.engine {
+        EngineKind::Epoll => {
+            for (i, worker_sockets) in sockets.workers.into_iter().enumerate() {
+                let worker = EpollWorker::new(
+                    worker_sockets,
+                    tracker.clone(),
+                    settings.clone(),
+                    shutdown.clone(),
+                )?;
+                let name = format!("worker-{i:02}");
+                let notice = ExitNotice {
+                    name: name.clone(),
+                    events: events_tx.clone(),
+                };
+                std::thread::Builder::new()
+                    .name(name.clone())
+                    .spawn(move || {
+                        let _notice = notice;
+                        if let Err(e) = worker.run() {
+                            tracing::error!(worker = %name, error = format!("{e:#}"), "worker failed");
+                        }
+                    })
+                    .context("spawn worker thread")?;
+            }
+        }
+    }
+    let maintenance = spawn_maintenance(
+        store,
+        clock,
+        config.swarm.cleaning_interval_secs,
+        shutdown.clone(),
+    )?;
+    tracing::info!(
+        engine = ?config.engine,
+        workers,
+        udp = ?sockets.udp_addrs,
+        http = ?sockets.http_addrs,
+        "hayate is serving"
+    );
+    Ok(RunningServer {
+        tracker,
+        udp_addrs: sockets.udp_addrs,
+        http_addrs: sockets.http_addrs,
+        shutdown,
+        workers,
+        events,
+        events_tx,
+        maintenance: Some(maintenance),
+    })
+}
+
+/// Refreshes the coarse clock a few times a second and cleans the store on its interval.
+fn spawn_maintenance(
+    store: Arc<SwarmStore>,
+    clock: Clock,
+    cleaning_interval_secs: u32,
+    shutdown: Arc<Shutdown>,
+) -> anyhow::Result<JoinHandle<()>> {
+    let interval = Duration::from_secs(u64::from(cleaning_interval_secs));
+    std::thread::Builder::new()
+        .name("maintenance".into())
+        .spawn(move || {
+            let mut last_clean = Instant::now();
+            while !shutdown.is_requested() {
+                std::thread::sleep(Duration::from_millis(100));
+                clock.tick();
+                if last_clean.elapsed() >= interval {
+                    let report = store.clean();
+                    tracing::debug!(
+                        peers_removed = report.peers_removed,
+                        torrents_removed = report.torrents_removed,
+                        micros = report.duration.as_micros() as u64,
+                        "cleaned the store"
+                    );
+                    last_clean = Instant::now();
+                }
+            }
+        })
+        .context("spawn maintenance thread")
+}
+
+impl RunningServer {
+    pub fn udp_addrs(&self) -> &[SocketAddr] {
+        &self.udp_addrs
+    }
+
+    pub fn http_addrs(&self) -> &[SocketAddr] {
+        &self.http_addrs
+    }
+
+    pub fn tracker(&self) -> &Arc<Tracker> {
+        &self.tracker
+    }
+
+    pub fn store(&self) -> &SwarmStore {
+        &self.tracker.store
+    }
+
+    /// Forwards SIGTERM and SIGINT to the supervisor.
+    pub fn handle_signals(&self) -> anyhow::Result<()> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+            .context("install signal handlers")?;
+        let events = self.events_tx.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for signal in signals.forever() {
+                    if events.send(ServerEvent::Signal(signal)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .context("spawn signal thread")?;
+        Ok(())
+    }
+
+    /// Blocks until a signal (then stops cleanly) or a worker's death.
+    pub fn wait(mut self) -> Exit {
+        loop {
+            match self.events.recv() {
+                Ok(ServerEvent::Signal(signal)) => {
+                    tracing::info!(signal, "stopping");
+                    self.stop_workers(self.workers);
+                    return Exit::Stopped;
+                }
+                Ok(ServerEvent::WorkerExited { name, panicked }) => {
+                    let why = if panicked { "panicked" } else { "stopped" };
+                    tracing::error!(worker = %name, "worker {why}; exiting");
+                    self.stop_workers(self.workers - 1);
+                    return Exit::WorkerDied(name);
+                }
+                Err(_) => unreachable!("the server holds a sender"),
+            }
+        }
+    }
+
+    /// Stops the workers and waits (up to a second) for them to exit.
+    pub fn stop(mut self) {
+        self.stop_workers(self.workers);
+    }
+
+    fn stop_workers(&mut self, running: usize) {
+        self.shutdown.request();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut left = running;
+        while left > 0 {
+            match self
+                .events
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(ServerEvent::WorkerExited { .. }) => left -= 1,
+                Ok(ServerEvent::Signal(_)) => {}
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                    tracing::warn!(workers = left, "workers did not stop within a second");
+                    break;
+                }
+            }
+        }
+        if let Some(maintenance) = self.maintenance.take() {
+            let _ = maintenance.join();
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.shutdown.request();
+    }
+}

@@ -1,0 +1,284 @@
+//! The lock-striped in-memory swarm store: the only shared mutable state of the hot path.
+//!
+//! Torrents live in a power-of-two number of shards, each a `Mutex<HashMap>`, chosen by the
+//! info hash. Each torrent keeps its IPv4 and IPv6 peers in separate maps, so IPv4 keys stay
+//! 6 bytes and a family's peers are taken without filtering.
+
+mod observer;
+mod peer_map;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+pub use observer::SwarmObserver;
+pub use peer_map::PeerMap;
+
+use crate::bittorrent::{
+    AnnounceEvent, AnnounceRequest, AnnounceResponse, ClientError, InfoHash, ScrapeStats,
+};
+use crate::clock::Clock;
+
+type Shard = std::collections::HashMap<InfoHash, Torrent, foldhash::fast::RandomState>;
+
+#[derive(Clone, Copy, Debug)]
+pub struct SwarmLimits {
+    pub max_torrents: usize,
+    pub max_peers_per_torrent: usize,
+    pub peer_lifetime_secs: u32,
+}
+
+#[derive(Default)]
+struct Torrent {
+    v4: PeerMap<std::net::Ipv4Addr>,
+    v6: PeerMap<std::net::Ipv6Addr>,
+    /// Completed downloads seen: one per peer that announced `completed`.
+    downloaded: u64,
+}
+
+impl Torrent {
+    fn is_empty(&self) -> bool {
+        self.v4.is_empty() && self.v6.is_empty()
+    }
+
+    fn stats(&self) -> ScrapeStats {
+        ScrapeStats {
+            complete: self.v4.seeders() + self.v6.seeders(),
+            incomplete: self.v4.leechers() + self.v6.leechers(),
+            downloaded: self.downloaded,
+        }
+    }
+}
+
+/// What one cleaning pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CleanReport {
+    pub peers_removed: usize,
+    pub torrents_removed: usize,
+    pub duration: Duration,
+}
+
+/// Totals over the whole store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreTotals {
+    pub torrents: usize,
+    pub seeders: u64,
+    pub leechers: u64,
+}
+
+pub struct SwarmStore {
+    shards: Box<[Mutex<Shard>]>,
+    torrent_count: AtomicUsize,
+    limits: SwarmLimits,
+    clock: Clock,
+    observer: Option<Arc<dyn SwarmObserver>>,
+}
+
+const TRACKER_FULL: ClientError = ClientError::new("tracker is full: no room for a new torrent");
+const TORRENT_FULL: ClientError = ClientError::new("torrent is full: no room for a new peer");
+
+impl SwarmStore {
+    /// `shards` is rounded up to a power of two.
+    pub fn new(shards: usize, limits: SwarmLimits, clock: Clock) -> Self {
+        let n = shards.max(1).next_power_of_two();
+        SwarmStore {
+            shards: (0..n).map(|_| Mutex::new(Shard::default())).collect(),
+            torrent_count: AtomicUsize::new(0),
+            limits,
+            clock,
+            observer: None,
+        }
+    }
+
+    /// Hangs an observer on announce and stop events (Redis replication hangs here).
+    pub fn with_observer(mut self, observer: Arc<dyn SwarmObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    fn shard(&self, info_hash: &InfoHash) -> &Mutex<Shard> {
+        // Info hashes are hashes already: their first bytes spread torrents evenly.
+        let n = u64::from_le_bytes(info_hash.0[..8].try_into().expect("8 bytes"));
+        &self.shards[n as usize & (self.shards.len() - 1)]
+    }
+
+    /// Records the announce and fills `response` with counts and up to `numwant` other peers:
+    /// the announcing peer's family first, then (if `both_families`) the other family.
+    pub fn announce(
+        &self,
+        request: &AnnounceRequest,
+        numwant: usize,
+        both_families: bool,
+        response: &mut AnnounceResponse,
+    ) -> Result<(), ClientError> {
+        response.peers.clear();
+        let peer = SocketAddr::new(request.peer_ip, request.port);
+        let stopped = request.event == AnnounceEvent::Stopped;
+        let mut shard = self.shard(&request.info_hash).lock();
+
+        if stopped {
+            if let Some(torrent) = shard.get_mut(&request.info_hash) {
+                match peer {
+                    SocketAddr::V4(a) => torrent.v4.remove(*a.ip(), a.port()),
+                    SocketAddr::V6(a) => torrent.v6.remove(*a.ip(), a.port()),
+                };
+                let stats = torrent.stats();
+                (response.complete, response.incomplete) = (stats.complete, stats.incomplete);
+            }
+            drop(shard);
+            if let Some(observer) = &self.observer {
+                observer.removed(&request.info_hash, peer);
+            }
+            return Ok(());
+        }
+
+        let torrent = match shard.get_mut(&request.info_hash) {
+            Some(t) => t,
+            None => {
+                if self.torrent_count.load(Ordering::Relaxed) >= self.limits.max_torrents {
+                    return Err(TRACKER_FULL);
+                }
+                self.torrent_count.fetch_add(1, Ordering::Relaxed);
+                shard.entry(request.info_hash).or_default()
+            }
+        };
+        let expires_at = self
+            .clock
+            .now()
+            .saturating_add(self.limits.peer_lifetime_secs);
+        let completed = request.event == AnnounceEvent::Completed;
+        let max = self.limits.max_peers_per_torrent;
+        let upserted = match peer {
+            SocketAddr::V4(a) => torrent.v4.upsert(
+                *a.ip(),
+                a.port(),
+                request.peer_id,
+                request.is_seeder(),
+                completed,
+                expires_at,
+                max,
+            ),
+            SocketAddr::V6(a) => torrent.v6.upsert(
+                *a.ip(),
+                a.port(),
+                request.peer_id,
+                request.is_seeder(),
+                completed,
+                expires_at,
+                max,
+            ),
+        };
+        let newly_completed = match upserted {
+            Ok(c) => c,
+            Err(()) => {
+                if torrent.is_empty() {
+                    shard.remove(&request.info_hash);
+                    self.torrent_count.fetch_sub(1, Ordering::Relaxed);
+                }
+                return Err(TORRENT_FULL);
+            }
+        };
+        if newly_completed {
+            torrent.downloaded += 1;
+        }
+        let stats = torrent.stats();
+        (response.complete, response.incomplete) = (stats.complete, stats.incomplete);
+        match peer {
+            SocketAddr::V4(a) => {
+                torrent
+                    .v4
+                    .select(Some((*a.ip(), a.port())), numwant, &mut response.peers);
+                if both_families {
+                    torrent
+                        .v6
+                        .select(None, numwant - response.peers.len(), &mut response.peers);
+                }
+            }
+            SocketAddr::V6(a) => {
+                torrent
+                    .v6
+                    .select(Some((*a.ip(), a.port())), numwant, &mut response.peers);
+                if both_families {
+                    torrent
+                        .v4
+                        .select(None, numwant - response.peers.len(), &mut response.peers);
+                }
+            }
+        }
+        drop(shard);
+        if let Some(observer) = &self.observer {
+            observer.announced(
+                &request.info_hash,
+                peer,
+                &request.peer_id,
+                request.is_seeder(),
+                expires_at,
+            );
+        }
+        Ok(())
+    }
+
+    pub fn scrape(&self, info_hash: &InfoHash) -> ScrapeStats {
+        let shard = self.shard(info_hash).lock();
+        shard.get(info_hash).map(Torrent::stats).unwrap_or_default()
+    }
+
+    /// Removes expired peers and empty torrents, one shard lock at a time.
+    pub fn clean(&self) -> CleanReport {
+        let started = Instant::now();
+        let now = self.clock.now();
+        let mut report = CleanReport::default();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            shard.retain(|_, torrent| {
+                report.peers_removed += torrent.v4.expire(now) + torrent.v6.expire(now);
+                if torrent.is_empty() {
+                    report.torrents_removed += 1;
+                    false
+                } else {
+                    true
+                }
+            });
+            if shard.capacity() > 64 && shard.len() < shard.capacity() / 4 {
+                shard.shrink_to_fit();
+            }
+        }
+        self.torrent_count
+            .fetch_sub(report.torrents_removed, Ordering::Relaxed);
+        report.duration = started.elapsed();
+        report
+    }
+
+    pub fn totals(&self) -> StoreTotals {
+        let mut totals = StoreTotals::default();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            totals.torrents += shard.len();
+            for torrent in shard.values() {
+                let stats = torrent.stats();
+                totals.seeders += u64::from(stats.complete);
+                totals.leechers += u64::from(stats.incomplete);
+            }
+        }
+        totals
+    }
+
+    /// Whether `ip` (v4 or v6) with `port` is stored for `info_hash`.
+    pub fn contains_peer(&self, info_hash: &InfoHash, ip: IpAddr, port: u16) -> bool {
+        let shard = self.shard(info_hash).lock();
+        shard.get(info_hash).is_some_and(|t| match ip {
+            IpAddr::V4(v4) => t.v4.contains(v4, port),
+            IpAddr::V6(v6) => t.v6.contains(v6, port),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
