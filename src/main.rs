@@ -59,6 +59,13 @@ fn main() -> ExitCode {
         None => Config::embedded(),
     };
     hayate::logging::init(&config.log);
+    let signals = match server::stop_signals() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let server = match server::start(&config, Clock::real(), Middleware::default()) {
         Ok(s) => s,
         Err(e) => {
@@ -66,7 +73,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = server.handle_signals() {
+    if let Err(e) = server.handle_signals(signals) {
         tracing::error!("{e:#}");
         return ExitCode::FAILURE;
     }

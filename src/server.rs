@@ -176,6 +176,12 @@ fn spawn_maintenance(
         .context("spawn maintenance thread")
 }
 
+/// Catches SIGTERM and SIGINT from now on; hand the result to [`RunningServer::handle_signals`].
+pub fn stop_signals() -> anyhow::Result<signal_hook::iterator::Signals> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).context("install signal handlers")
+}
+
 impl RunningServer {
     pub fn udp_addrs(&self) -> &[SocketAddr] {
         &self.udp_addrs
@@ -193,11 +199,12 @@ impl RunningServer {
         &self.tracker.store
     }
 
-    /// Forwards SIGTERM and SIGINT to the supervisor.
-    pub fn handle_signals(&self) -> anyhow::Result<()> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
-            .context("install signal handlers")?;
+    /// Forwards the signals caught by `signals` to the supervisor. Install the handlers with
+    /// [`stop_signals`] before [`start`], so that no signal arrives unhandled in between.
+    pub fn handle_signals(
+        &self,
+        mut signals: signal_hook::iterator::Signals,
+    ) -> anyhow::Result<()> {
         let events = self.events_tx.clone();
         std::thread::Builder::new()
             .name("signals".into())
@@ -214,21 +221,19 @@ impl RunningServer {
 
     /// Blocks until a signal (then stops cleanly) or a worker's death.
     pub fn wait(mut self) -> Exit {
-        loop {
-            match self.events.recv() {
-                Ok(ServerEvent::Signal(signal)) => {
-                    tracing::info!(signal, "stopping");
-                    self.stop_workers(self.workers);
-                    return Exit::Stopped;
-                }
-                Ok(ServerEvent::WorkerExited { name, panicked }) => {
-                    let why = if panicked { "panicked" } else { "stopped" };
-                    tracing::error!(worker = %name, "worker {why}; exiting");
-                    self.stop_workers(self.workers - 1);
-                    return Exit::WorkerDied(name);
-                }
-                Err(_) => unreachable!("the server holds a sender"),
+        match self.events.recv() {
+            Ok(ServerEvent::Signal(signal)) => {
+                tracing::info!(signal, "stopping");
+                self.stop_workers(self.workers);
+                Exit::Stopped
             }
+            Ok(ServerEvent::WorkerExited { name, panicked }) => {
+                let why = if panicked { "panicked" } else { "stopped" };
+                tracing::error!(worker = %name, "worker {why}; exiting");
+                self.stop_workers(self.workers - 1);
+                Exit::WorkerDied(name)
+            }
+            Err(_) => unreachable!("the server holds a sender"),
         }
     }
 

@@ -177,7 +177,7 @@ impl SwarmStore {
         };
         let newly_completed = match upserted {
             Ok(c) => c,
-            Err(()) => {
+            Err(peer_map::PeerMapFull) => {
                 if torrent.is_empty() {
                     shard.remove(&request.info_hash);
                     self.torrent_count.fetch_sub(1, Ordering::Relaxed);

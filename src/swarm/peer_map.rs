@@ -7,6 +7,10 @@ use indexmap::IndexMap;
 
 use crate::bittorrent::{PeerId, ResponsePeer};
 
+/// A new peer found the map at its maximum size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerMapFull;
+
 /// `Ipv4Addr` or `Ipv6Addr`.
 pub trait PeerIp: Copy + Eq + Hash + Into<IpAddr> {}
 impl PeerIp for Ipv4Addr {}
@@ -59,7 +63,7 @@ impl<I: PeerIp> PeerMap<I> {
     }
 
     /// Adds or refreshes a peer. `Ok(true)` when this announce is the peer's first `completed`;
-    /// `Err(())` when the peer is new and the map already holds `max` peers.
+    /// `Err(PeerMapFull)` when the peer is new and the map already holds `max` peers.
     #[allow(clippy::too_many_arguments)]
     pub fn upsert(
         &mut self,
@@ -70,7 +74,7 @@ impl<I: PeerIp> PeerMap<I> {
         completed_event: bool,
         expires_at: u32,
         max: usize,
-    ) -> Result<bool, ()> {
+    ) -> Result<bool, PeerMapFull> {
         let len = self.peers.len();
         match self.peers.entry((ip, port)) {
             indexmap::map::Entry::Occupied(mut e) => {
@@ -93,7 +97,7 @@ impl<I: PeerIp> PeerMap<I> {
             }
             indexmap::map::Entry::Vacant(e) => {
                 if len >= max {
-                    return Err(());
+                    return Err(PeerMapFull);
                 }
                 e.insert(PeerEntry {
                     peer_id,

@@ -281,7 +281,7 @@ mod tests {
                 "missing info_hash",
             ),
             (
-                format!("info_hash=abc&peer_id=-qB4650-abcdefghijkl&port=1&left=0"),
+                "info_hash=abc&peer_id=-qB4650-abcdefghijkl&port=1&left=0".to_string(),
                 "invalid info_hash",
             ),
             (format!("info_hash={HASH}&port=1&left=0"), "missing peer_id"),

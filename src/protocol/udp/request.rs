@@ -167,7 +167,7 @@ pub fn decode(packet: &[u8]) -> Result<UdpRequest<'_>, UdpDecodeError> {
             if info_hashes.is_empty() {
                 return Err(malformed("scrape without info hashes"));
             }
-            if info_hashes.len() % 20 != 0 {
+            if !info_hashes.len().is_multiple_of(20) {
                 return Err(malformed("scrape info hashes must be 20 bytes each"));
             }
             Ok(UdpRequest::Scrape {

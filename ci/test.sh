@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every test of hayate on a Debian machine with a Rust toolchain (rustup, Rust >= 1.89):
+# installs the Debian packages the tests use, then the Rust suite (unit, property, integration
+# and process tests), then the real-client transfers (libtorrent and aria2 through hayate).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null; then
+  echo "ci/test.sh: cargo not found: install Rust with rustup (https://rustup.rs), Rust >= 1.89" >&2
+  exit 1
+fi
+
+# Debian packages the tests need, installed only where missing.
+missing=()
+command -v taskset >/dev/null || missing+=(util-linux)
+command -v ss >/dev/null || missing+=(iproute2)
+command -v mktorrent >/dev/null || missing+=(mktorrent)
+command -v aria2c >/dev/null || missing+=(aria2)
+{ [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import libtorrent' 2>/dev/null; } || missing+=(python3-libtorrent)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  echo "ci/test.sh: installing ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+cargo build --locked --all-targets
+cargo test --locked --no-fail-fast
+ci/real_clients/run.sh target/debug/hayate

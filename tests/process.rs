@@ -1,0 +1,261 @@
+//! The `hayate` binary as an operator uses it: CLI, config errors, signals, supervision.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use hayate::bittorrent::{AnnounceRequest, ClientError};
+use hayate::middleware::{Middleware, PreHook, RequestContext};
+use hayate::server::Exit;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hayate");
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn write_config(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+    file
+}
+
+#[test]
+fn version_help_and_print_config() {
+    let (code, out, _) = run(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("hayate "), "{out}");
+    let (code, out, _) = run(&["--help"]);
+    assert_eq!(code, 0);
+    for flag in ["--config", "--print-config", "--check-config"] {
+        assert!(out.contains(flag), "{flag} missing from --help");
+    }
+    let (code, out, _) = run(&["--print-config"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out,
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.yaml")).unwrap()
+    );
+}
+
+#[test]
+fn check_config_accepts_good_files_and_names_key_and_line_of_bad_ones() {
+    let good = write_config("workers: 1\nhttp:\n  max_connections: 5\n");
+    let (code, out, _) = run(&["--check-config", good.path().to_str().unwrap()]);
+    assert_eq!((code, out.contains("ok")), (0, true));
+    let cases = [
+        (
+            "log:\n  level: info\nudp:\n  bind_address: x\n",
+            "udp.bind_address",
+            "line 4",
+        ),
+        (
+            "http:\n  idle_timeout_secs: soon\n",
+            "http.idle_timeout_secs",
+            "line 2",
+        ),
+        ("swarm:\n  shards: 3\n", "swarm.shards", "line 2"),
+        ("engine: warp\n", "engine", "line 1"),
+        (
+            "udp:\n  connection_id_secret: short\n",
+            "udp.connection_id_secret",
+            "line 2",
+        ),
+    ];
+    for (text, key, line) in cases {
+        let bad = write_config(text);
+        for flag in ["--check-config", "--config"] {
+            let (code, _, err) = run(&[flag, bad.path().to_str().unwrap()]);
+            assert_eq!(code, 2, "{flag} {text}: {err}");
+            assert!(
+                err.contains(&format!("`{key}`")) && err.contains(line),
+                "{text}: {err}"
+            );
+        }
+    }
+    let (code, _, err) = run(&["--config", "/nonexistent/hayate.yaml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/hayate.yaml"), "{err}");
+}
+
+/// Starts the binary, waits for its "serving" log line, returns it with the line.
+// The child goes back to the caller, which stops it and waits for it (clippy cannot see that).
+#[allow(clippy::zombie_processes)]
+fn spawn(
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (Child, String, BufReader<std::process::ChildStderr>) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .envs(envs.iter().copied())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut line = String::new();
+        let read = stderr.read_line(&mut line).unwrap_or(0);
+        seen.push_str(&line);
+        if line.contains("hayate is serving") {
+            return (child, seen, stderr);
+        }
+        if read == 0 || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("never served: {seen}");
+        }
+    }
+}
+
+fn stop_within_a_second(mut child: Child, signal: i32) -> i32 {
+    let started = Instant::now();
+    // SAFETY: kill(2) on the PID of a child we own.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "took {:?}",
+                started.elapsed()
+            );
+            return status.code().unwrap_or(-1);
+        }
+        if started.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            panic!("did not stop");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+const LOOPBACK: &str =
+    "workers: 2\nudp:\n  bind: [\"127.0.0.1:0\", \"[::1]:0\"]\nhttp:\n  bind: [\"127.0.0.1:0\"]\n";
+
+#[test]
+fn sigterm_and_sigint_stop_it_within_a_second_with_exit_zero() {
+    let config = write_config(LOOPBACK);
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let (child, _, _) = spawn(&["--config", config.path().to_str().unwrap()], &[]);
+        assert_eq!(stop_within_a_second(child, signal), 0);
+    }
+}
+
+#[test]
+fn a_random_connection_id_key_is_warned_about_without_printing_it() {
+    let config = write_config(LOOPBACK);
+    let (child, log, _) = spawn(&["--config", config.path().to_str().unwrap()], &[]);
+    assert_eq!(
+        log.matches("connection_id_secret is not set").count(),
+        1,
+        "{log}"
+    );
+    stop_within_a_second(child, libc::SIGTERM);
+}
+
+#[test]
+fn json_logs_and_rust_log_override() {
+    let config = write_config(&format!("{LOOPBACK}log:\n  level: error\n  format: json\n"));
+    let (child, log, _) = spawn(
+        &["--config", config.path().to_str().unwrap()],
+        &[("RUST_LOG", "info")],
+    );
+    let serving = log
+        .lines()
+        .find(|l| l.contains("hayate is serving"))
+        .unwrap();
+    assert!(
+        serving.starts_with('{') && serving.contains("\"level\":\"INFO\""),
+        "{serving}"
+    );
+    stop_within_a_second(child, libc::SIGTERM);
+}
+
+#[test]
+fn workers_default_to_the_cpus_the_process_may_use() {
+    if Command::new("taskset").arg("--version").output().is_err() {
+        panic!("taskset (util-linux) is needed for this test");
+    }
+    let config = write_config(&LOOPBACK.replace("workers: 2\n", ""));
+    let mut child = Command::new("taskset")
+        .args(["-c", "0", BIN, "--config", config.path().to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("hayate is serving") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0);
+    }
+    assert!(line.contains("workers=1"), "{line}");
+    stop_within_a_second(child, libc::SIGTERM);
+}
+
+#[test]
+fn with_no_arguments_it_serves_the_embedded_config_on_port_6969() {
+    let (child, log, _) = spawn(&[], &[]);
+    assert!(
+        log.contains("0.0.0.0:6969") && log.contains("[::]:6969"),
+        "{log}"
+    );
+    let addr: SocketAddr = "127.0.0.1:6969".parse().unwrap();
+    assert!(TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
+    let reply = http_get(addr, &announce_target(hash(1), 1, 1, 0, ""));
+    assert!(reply.failure().is_none());
+    stop_within_a_second(child, libc::SIGTERM);
+}
+
+struct Explodes;
+
+impl PreHook for Explodes {
+    fn name(&self) -> &'static str {
+        "explodes"
+    }
+    fn before_announce(
+        &self,
+        _: &RequestContext<'_>,
+        request: &mut AnnounceRequest,
+    ) -> Result<(), ClientError> {
+        assert_ne!(request.port, 6666, "a bug in a hook");
+        Ok(())
+    }
+}
+
+#[test]
+fn a_worker_that_dies_ends_the_server() {
+    for engine in engines() {
+        let t = TestServer::start_with(
+            test_config(engine),
+            Middleware::new(vec![Box::new(Explodes)], vec![]),
+        );
+        let addr = t.http(false);
+        let server = t.server;
+        let waiter = std::thread::spawn(move || server.wait());
+        // The hook panics on port 6666: that worker dies, and the supervisor must notice.
+        let _ = http_raw(
+            addr,
+            format!(
+                "GET {} HTTP/1.0\r\n\r\n",
+                announce_target(hash(1), 1, 6666, 0, "")
+            )
+            .as_bytes(),
+        );
+        let exit = waiter.join().unwrap();
+        assert!(
+            matches!(exit, Exit::WorkerDied(ref name) if name.starts_with("worker-")),
+            "{exit:?}"
+        );
+    }
+}
