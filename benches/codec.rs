@@ -39,9 +39,14 @@ fn response(peers: usize, ipv6: bool) -> AnnounceResponse {
                 let addr: SocketAddr = if ipv6 {
                     format!("[2001:db8::{i:x}]:6881").parse().unwrap()
                 } else {
-                    format!("10.0.{}.{}:6881", i / 256, i % 256).parse().unwrap()
+                    format!("10.0.{}.{}:6881", i / 256, i % 256)
+                        .parse()
+                        .unwrap()
                 };
-                ResponsePeer { addr, peer_id: PeerId([i as u8; 20]) }
+                ResponsePeer {
+                    addr,
+                    peer_id: PeerId([i as u8; 20]),
+                }
             })
             .collect(),
     }
@@ -53,16 +58,25 @@ const HTTP_TARGET: &[u8] = b"/announce?info_hash=%01%02%03%04%05%06%07%08%09%0a%
 fn tracker() -> Arc<Tracker> {
     let mut config = Config::default();
     config.udp.connection_id_secret = "00112233445566778899aabbccddeeff".into();
-    let limits = SwarmLimits { max_torrents: 1 << 20, max_peers_per_torrent: 1 << 20, peer_lifetime_secs: 3600 };
+    let limits = SwarmLimits {
+        max_torrents: 1 << 20,
+        max_peers_per_torrent: 1 << 20,
+        peer_lifetime_secs: 3600,
+    };
     let store = Arc::new(SwarmStore::new(256, limits, Clock::real()));
     Arc::new(Tracker::new(&config, store, Middleware::default()).unwrap())
 }
 
 fn codecs(c: &mut Criterion) {
     let packet = udp_announce_packet(1, [1; 20], 6881);
-    c.bench_function("udp/decode_announce", |b| b.iter(|| udp::decode(black_box(&packet)).unwrap()));
+    c.bench_function("udp/decode_announce", |b| {
+        b.iter(|| udp::decode(black_box(&packet)).unwrap())
+    });
     let mut out = Vec::with_capacity(2048);
-    for (name, ipv6) in [("udp/encode_announce_50_ipv4", false), ("udp/encode_announce_50_ipv6", true)] {
+    for (name, ipv6) in [
+        ("udp/encode_announce_50_ipv4", false),
+        ("udp/encode_announce_50_ipv6", true),
+    ] {
         let r = response(50, ipv6);
         c.bench_function(name, |b| {
             b.iter(|| {
@@ -79,7 +93,13 @@ fn codecs(c: &mut Criterion) {
     c.bench_function("http/encode_announce_50_compact", |b| {
         b.iter(|| {
             out.clear();
-            http::response::write_announce(&mut out, black_box(&r), true, false, "1.2.3.4".parse().unwrap());
+            http::response::write_announce(
+                &mut out,
+                black_box(&r),
+                true,
+                false,
+                "1.2.3.4".parse().unwrap(),
+            );
         })
     });
 }
@@ -89,7 +109,16 @@ fn request_path(c: &mut Criterion) {
     let client: SocketAddr = "127.0.0.1:40000".parse().unwrap();
     let mut handler = UdpHandler::new(tracker.clone());
     let mut out = Vec::with_capacity(2048);
-    handler.handle(&0x417_2710_1980u64.to_be_bytes().iter().chain(&[0; 8]).copied().collect::<Vec<_>>(), client, &mut out);
+    handler.handle(
+        &0x417_2710_1980u64
+            .to_be_bytes()
+            .iter()
+            .chain(&[0; 8])
+            .copied()
+            .collect::<Vec<_>>(),
+        client,
+        &mut out,
+    );
     let connection_id = u64::from_be_bytes(out[8..16].try_into().unwrap());
     // 10k torrents with 20 peers each, then announces spread over them.
     let packets: Vec<Vec<u8>> = (0..10_000u32)
@@ -114,7 +143,12 @@ fn request_path(c: &mut Criterion) {
         })
     });
     let mut http = HttpHandler::new(tracker);
-    let request = [b"GET ".as_slice(), HTTP_TARGET, b" HTTP/1.1\r\nHost: tracker\r\nUser-Agent: bench\r\n\r\n"].concat();
+    let request = [
+        b"GET ".as_slice(),
+        HTTP_TARGET,
+        b" HTTP/1.1\r\nHost: tracker\r\nUser-Agent: bench\r\n\r\n",
+    ]
+    .concat();
     let mut conn = HttpConnection::new(client, 8192);
     c.bench_function("http/connection_announce_keep_alive", |b| {
         b.iter(|| {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use hayate::clock::Clock;
-use hayate::config::{Config, DEFAULT_YAML};
+use hayate::config::{Config, DEFAULT_YAML, EngineKind};
 use hayate::middleware::Middleware;
 use hayate::server::{self, Exit};
 
@@ -21,6 +21,10 @@ struct Cli {
     /// Print the default configuration, with the documentation of every key, and exit.
     #[arg(long, conflicts_with_all = ["config", "check_config"])]
     print_config: bool,
+
+    /// I/O engine, overriding the config's `engine`: auto, io_uring or epoll.
+    #[arg(long, value_name = "ENGINE")]
+    engine: Option<EngineKind>,
 
     /// Check a configuration file and exit: 0 if it is valid, 2 if not.
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
@@ -48,7 +52,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    let config = match &cli.config {
+    let mut config = match &cli.config {
         Some(path) => match Config::load(path) {
             Ok(c) => c,
             Err(e) => {
@@ -58,6 +62,9 @@ fn main() -> ExitCode {
         },
         None => Config::embedded(),
     };
+    if let Some(engine) = cli.engine {
+        config.engine = engine;
+    }
     hayate::logging::init(&config.log);
     let signals = match server::stop_signals() {
         Ok(s) => s,

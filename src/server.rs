@@ -14,6 +14,7 @@ use crate::config::{Config, EngineKind};
 use crate::engine::Shutdown;
 use crate::engine::epoll::{EpollSettings, EpollWorker};
 use crate::engine::sockets::{SocketOptions, bind_all};
+use crate::engine::uring::{self, RingSettings, UringWorker};
 use crate::handler::Tracker;
 use crate::middleware::Middleware;
 use crate::swarm::{SwarmLimits, SwarmStore};
@@ -89,36 +90,61 @@ pub fn start(
     })?;
     let shutdown = Arc::new(Shutdown::default());
     let (events_tx, events) = channel();
-    let settings = EpollSettings {
-        udp_batch_size: config.udp.batch_size,
-        max_connections_per_worker: config.http.max_connections.div_ceil(workers),
-        max_request_bytes: config.http.max_request_bytes,
-        idle_timeout: Duration::from_secs(u64::from(config.http.idle_timeout_secs)),
-    };
-    match config.engine {
-        EngineKind::Epoll => {
-            for (i, worker_sockets) in sockets.workers.into_iter().enumerate() {
-                let worker = EpollWorker::new(
+    let engine = choose_engine(config)?;
+    let max_connections_per_worker = config.http.max_connections.div_ceil(workers);
+    let idle_timeout = Duration::from_secs(u64::from(config.http.idle_timeout_secs));
+    let (ready_tx, ready_rx) = channel::<anyhow::Result<()>>();
+    for (i, worker_sockets) in sockets.workers.into_iter().enumerate() {
+        let name = format!("worker-{i:02}");
+        let notice = ExitNotice {
+            name: name.clone(),
+            events: events_tx.clone(),
+        };
+        let ready = ready_tx.clone();
+        let body: Box<dyn FnOnce() -> anyhow::Result<()> + Send> = match engine {
+            EngineKind::Epoll => {
+                let settings = EpollSettings {
+                    udp_batch_size: config.udp.batch_size,
+                    max_connections_per_worker,
+                    max_request_bytes: config.http.max_request_bytes,
+                    idle_timeout,
+                };
+                let worker =
+                    EpollWorker::new(worker_sockets, tracker.clone(), settings, shutdown.clone())?;
+                Box::new(move || {
+                    let _ = ready.send(Ok(()));
+                    worker.run()
+                })
+            }
+            EngineKind::IoUring | EngineKind::Auto => {
+                let worker = UringWorker::new(
                     worker_sockets,
                     tracker.clone(),
-                    settings.clone(),
+                    ring_settings(config),
                     shutdown.clone(),
                 )?;
-                let name = format!("worker-{i:02}");
-                let notice = ExitNotice {
-                    name: name.clone(),
-                    events: events_tx.clone(),
-                };
-                std::thread::Builder::new()
-                    .name(name.clone())
-                    .spawn(move || {
-                        let _notice = notice;
-                        if let Err(e) = worker.run() {
-                            tracing::error!(worker = %name, error = format!("{e:#}"), "worker failed");
-                        }
-                    })
-                    .context("spawn worker thread")?;
+                Box::new(move || worker.run(|r| drop(ready.send(r))))
             }
+        };
+        std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                let _notice = notice;
+                if let Err(e) = body() {
+                    tracing::error!(worker = %name, error = format!("{e:#}"), "worker failed");
+                }
+            })
+            .context("spawn worker thread")?;
+    }
+    // Every worker has its sockets armed before we say we serve.
+    for _ in 0..workers {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                shutdown.request();
+                return Err(e.context(format!("start the {engine:?} engine")));
+            }
+            Err(_) => anyhow::bail!("a worker exited during start-up"),
         }
     }
     let maintenance = spawn_maintenance(
@@ -128,7 +154,7 @@ pub fn start(
         shutdown.clone(),
     )?;
     tracing::info!(
-        engine = ?config.engine,
+        ?engine,
         workers,
         udp = ?sockets.udp_addrs,
         http = ?sockets.http_addrs,
@@ -144,6 +170,41 @@ pub fn start(
         events_tx,
         maintenance: Some(maintenance),
     })
+}
+
+/// The engine to run: `auto` probes io_uring and falls back to epoll, saying why; an explicit
+/// `io_uring` that cannot start is an error with the reason.
+pub fn choose_engine(config: &Config) -> anyhow::Result<EngineKind> {
+    match config.engine {
+        EngineKind::Epoll => Ok(EngineKind::Epoll),
+        EngineKind::IoUring => match uring::probe(&ring_settings(config)) {
+            Ok(()) => Ok(EngineKind::IoUring),
+            Err(reason) => anyhow::bail!("engine io_uring cannot start: {reason}"),
+        },
+        EngineKind::Auto => match uring::probe(&ring_settings(config)) {
+            Ok(()) => Ok(EngineKind::IoUring),
+            Err(reason) => {
+                tracing::warn!("io_uring unavailable, using epoll: {reason}");
+                Ok(EngineKind::Epoll)
+            }
+        },
+    }
+}
+
+fn ring_settings(config: &Config) -> RingSettings {
+    let ring = &config.io_uring;
+    let workers = config.worker_count();
+    RingSettings {
+        ring_entries: ring.ring_entries,
+        udp_recv_buffers: ring.udp_recv_buffers,
+        udp_send_slots: ring.udp_send_slots,
+        http_recv_buffers: ring.http_recv_buffers,
+        http_recv_buffer_bytes: ring.http_recv_buffer_bytes,
+        defer_taskrun: ring.defer_taskrun,
+        max_connections_per_worker: config.http.max_connections.div_ceil(workers),
+        max_request_bytes: config.http.max_request_bytes,
+        idle_timeout: Duration::from_secs(u64::from(config.http.idle_timeout_secs)),
+    }
 }
 
 /// Refreshes the coarse clock a few times a second and cleans the store on its interval.

@@ -322,7 +322,10 @@ fn read_replies(stream: &mut TcpStream, n: usize) -> Vec<HttpReply> {
             "timed out with {} bytes",
             raw.len()
         );
-        let got = stream.read(&mut buf).unwrap();
+        let got = match stream.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => other.unwrap(),
+        };
         assert!(got > 0, "closed early");
         raw.extend_from_slice(&buf[..got]);
     }

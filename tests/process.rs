@@ -259,3 +259,137 @@ fn a_worker_that_dies_ends_the_server() {
         );
     }
 }
+
+/// Makes `io_uring_setup` fail with EPERM in the child, as Docker 25+ and containerd 2 do.
+fn deny_io_uring(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: pre_exec runs between fork and exec; prctl is async-signal-safe and the filter
+    // lives on this stack frame until prctl has copied it.
+    unsafe {
+        command.pre_exec(|| {
+            let nr = libc::SYS_io_uring_setup as u32;
+            let mut filter = [
+                // A = seccomp_data.nr
+                libc::sock_filter {
+                    code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+                    jt: 0,
+                    jf: 0,
+                    k: 0,
+                },
+                // if A == io_uring_setup: return EPERM, else allow
+                libc::sock_filter {
+                    code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+                    jt: 0,
+                    jf: 1,
+                    k: nr,
+                },
+                libc::sock_filter {
+                    code: (libc::BPF_RET | libc::BPF_K) as u16,
+                    jt: 0,
+                    jf: 0,
+                    k: libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+                },
+                libc::sock_filter {
+                    code: (libc::BPF_RET | libc::BPF_K) as u16,
+                    jt: 0,
+                    jf: 0,
+                    k: libc::SECCOMP_RET_ALLOW,
+                },
+            ];
+            let program = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_mut_ptr(),
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &raw const program,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn where_seccomp_forbids_io_uring_auto_serves_on_epoll_and_says_why() {
+    let config = write_config(LOOPBACK);
+    let mut command = Command::new(BIN);
+    command
+        .args(["--config", config.path().to_str().unwrap()])
+        .stderr(Stdio::piped());
+    deny_io_uring(&mut command);
+    let mut child = command.spawn().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    while !log.contains("hayate is serving") {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap_or(0) == 0 {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("exited: {log}");
+        }
+        log.push_str(&line);
+    }
+    assert_eq!(
+        log.matches("io_uring unavailable, using epoll").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("EPERM"), "{log}");
+    assert!(log.contains("engine=Epoll"), "{log}");
+    // And it serves: a UDP connect on the announced port.
+    let port: u16 = log
+        .split("udp=[127.0.0.1:")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let client = UdpClient::new(SocketAddr::from(([127, 0, 0, 1], port)));
+    assert_ne!(client.connect(), 0);
+    stop_within_a_second(child, libc::SIGTERM);
+}
+
+#[test]
+fn where_seccomp_forbids_io_uring_an_explicit_io_uring_engine_is_an_error() {
+    let config = write_config(LOOPBACK);
+    let mut command = Command::new(BIN);
+    command.args([
+        "--config",
+        config.path().to_str().unwrap(),
+        "--engine",
+        "io_uring",
+    ]);
+    deny_io_uring(&mut command);
+    let out = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("engine io_uring cannot start") && stderr.contains("EPERM"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_engine_in_use_is_logged_and_can_be_chosen_on_the_command_line() {
+    let config = write_config(LOOPBACK);
+    for (flag, logged) in [("epoll", "engine=Epoll"), ("io_uring", "engine=IoUring")] {
+        let (child, log, _) = spawn(
+            &[
+                "--config",
+                config.path().to_str().unwrap(),
+                "--engine",
+                flag,
+            ],
+            &[],
+        );
+        assert!(log.contains(logged), "{log}");
+        stop_within_a_second(child, libc::SIGTERM);
+    }
+}

@@ -15,7 +15,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PY=/usr/bin/python3               # Debian's python, has libtorrent
 CASE_TIMEOUT="${CASE_TIMEOUT:-60}"  # hard limit per case, seconds
 # KEEP_WORK=1 keeps each case's temp dir (logs, alerts) for debugging.
-# CASES="a b" runs only the named cases.
+# CASES="a b" runs only the named cases; ENGINES="epoll io_uring" (the default) the engines.
 
 ALL_CASES=(
   libtorrent-http-ipv4
@@ -113,6 +113,7 @@ run_case() {
   port="$(free_port)" || fail "no free tracker port"
   cat >"$WORK/hayate.yaml" <<EOF
 workers: 1
+engine: ${ENGINE:-auto}
 log:
   level: info
 udp:
@@ -247,11 +248,14 @@ passed=0
 failed=0
 REASON="$(mktemp -t hayate-real-clients-reason.XXXXXX)"
 trap 'rm -f "$REASON"' EXIT
-for c in "${CASES[@]}"; do
+# Every case runs on every engine (ENGINES="epoll" runs one).
+for engine in ${ENGINES:-epoll io_uring}; do
+for case_name in "${CASES[@]}"; do
+  c="$case_name@$engine"
   : >"$REASON"
   start=$SECONDS
   rc=0
-  timeout -k 10 "$CASE_TIMEOUT" bash "$0" --case "$c" "$HAYATE" "$REASON" || rc=$?
+  ENGINE=$engine timeout -k 10 "$CASE_TIMEOUT" bash "$0" --case "$case_name" "$HAYATE" "$REASON" || rc=$?
   if [[ "$rc" == 0 ]]; then
     echo "PASS $c"
     passed=$((passed + 1))
@@ -262,6 +266,7 @@ for c in "${CASES[@]}"; do
     failed=$((failed + 1))
   fi
   echo "     ($c took $((SECONDS - start))s)" >&2
+done
 done
 echo "real-clients: $passed passed, $failed failed"
 [[ "$failed" == 0 ]]

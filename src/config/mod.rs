@@ -18,6 +18,7 @@ pub const DEFAULT_YAML: &str = include_str!("../../config.yaml");
 pub struct Config {
     pub workers: usize,
     pub engine: EngineKind,
+    pub io_uring: IoUringConfig,
     pub log: LogConfig,
     pub udp: UdpConfig,
     pub http: HttpConfig,
@@ -28,7 +29,34 @@ pub struct Config {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EngineKind {
+    /// io_uring where this process may use it, epoll otherwise.
+    Auto,
+    IoUring,
     Epoll,
+}
+
+impl std::str::FromStr for EngineKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(EngineKind::Auto),
+            "io_uring" => Ok(EngineKind::IoUring),
+            "epoll" => Ok(EngineKind::Epoll),
+            _ => Err(format!("unknown engine `{s}` (auto, io_uring or epoll)")),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IoUringConfig {
+    pub ring_entries: u32,
+    pub udp_recv_buffers: u16,
+    pub udp_send_slots: usize,
+    pub http_recv_buffers: u16,
+    pub http_recv_buffer_bytes: usize,
+    pub defer_taskrun: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -109,12 +137,26 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             workers: 0,
-            engine: EngineKind::Epoll,
+            engine: EngineKind::Auto,
+            io_uring: IoUringConfig::default(),
             log: LogConfig::default(),
             udp: UdpConfig::default(),
             http: HttpConfig::default(),
             announce: AnnounceConfig::default(),
             swarm: SwarmConfig::default(),
+        }
+    }
+}
+
+impl Default for IoUringConfig {
+    fn default() -> Self {
+        IoUringConfig {
+            ring_entries: 4096,
+            udp_recv_buffers: 4096,
+            udp_send_slots: 4096,
+            http_recv_buffers: 1024,
+            http_recv_buffer_bytes: 4096,
+            defer_taskrun: false,
         }
     }
 }
@@ -248,6 +290,31 @@ impl Config {
     fn validate(&self) -> Result<(), (&'static str, String)> {
         fn fail<T>(key: &'static str, why: impl Into<String>) -> Result<T, (&'static str, String)> {
             Err((key, why.into()))
+        }
+        let ring = &self.io_uring;
+        if !(8..=32768).contains(&ring.ring_entries) {
+            return fail("io_uring.ring_entries", "must be between 8 and 32768");
+        }
+        if !ring.udp_recv_buffers.is_power_of_two() {
+            return fail(
+                "io_uring.udp_recv_buffers",
+                "must be a power of two (at most 32768)",
+            );
+        }
+        if !ring.http_recv_buffers.is_power_of_two() {
+            return fail(
+                "io_uring.http_recv_buffers",
+                "must be a power of two (at most 32768)",
+            );
+        }
+        if ring.udp_send_slots == 0 {
+            return fail("io_uring.udp_send_slots", "must be at least 1");
+        }
+        if !(512..=65536).contains(&ring.http_recv_buffer_bytes) {
+            return fail(
+                "io_uring.http_recv_buffer_bytes",
+                "must be between 512 and 65536",
+            );
         }
         if !self.udp.enabled && !self.http.enabled {
             return fail(

@@ -5,5 +5,6 @@
 pub mod epoll;
 mod shutdown;
 pub mod sockets;
+pub mod uring;
 
 pub use shutdown::{Shutdown, Wake};

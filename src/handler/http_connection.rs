@@ -109,6 +109,15 @@ impl HttpConnection {
         }
     }
 
+    /// Moves all pending output into `into` (cleared first), for engines whose sends need a
+    /// buffer that stays put while the kernel reads it.
+    pub fn take_output(&mut self, into: &mut Vec<u8>) {
+        into.clear();
+        into.extend_from_slice(&self.output[self.written..]);
+        self.output.clear();
+        self.written = 0;
+    }
+
     /// Whether complete requests wait (they were held back by pending output).
     pub fn has_unprocessed_input(&self) -> bool {
         !self.input.is_empty() && !self.closing

@@ -18,7 +18,7 @@ pub const SECRET: &str = "00112233445566778899aabbccddeeff";
 
 /// The engines every integration test runs against.
 pub fn engines() -> Vec<EngineKind> {
-    vec![EngineKind::Epoll]
+    vec![EngineKind::Epoll, EngineKind::IoUring]
 }
 
 /// A config bound to 127.0.0.1:0 and [::1]:0 for both protocols.

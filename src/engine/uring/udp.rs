@@ -1,0 +1,205 @@
+//! UDP on io_uring: one multishot RecvMsgMulti per socket draws datagrams from a provided-buffer
+//! ring; each answer is a SendMsg from a preallocated slot, queued and submitted with the next
+//! wait. A datagram that arrives while every slot is in flight goes unanswered (the client
+//! retries, as BEP 15 expects).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use io_uring::{IoUring, cqueue, opcode, types};
+
+use super::buf_ring::BufRing;
+use super::{Op, Queue, RingSettings};
+use crate::handler::{MAX_UDP_REQUEST_BYTES, UdpHandler};
+
+const UDP_GROUP: u16 = 0;
+/// io_uring_recvmsg_out (16 bytes) and the source address (up to a sockaddr_in6) precede the
+/// payload in each buffer.
+const RECV_BUFFER_BYTES: usize = 16 + 32 + MAX_UDP_REQUEST_BYTES;
+
+#[repr(C)]
+struct SendSlot {
+    header: libc::msghdr,
+    iov: libc::iovec,
+    name: libc::sockaddr_in6,
+    buf: Vec<u8>,
+}
+
+pub struct UdpSockets {
+    bufs: BufRing,
+    /// The template every RecvMsgMulti of this worker uses: it tells the kernel how much room
+    /// to leave for the source address.
+    recv_header: Box<libc::msghdr>,
+    slots: Box<[SendSlot]>,
+    free: Vec<u32>,
+}
+
+// SAFETY: the raw pointers in the slots and the header point into this struct's own boxes.
+unsafe impl Send for UdpSockets {}
+
+impl UdpSockets {
+    pub fn new(
+        ring: &IoUring,
+        settings: &RingSettings,
+        sockets: usize,
+        queue: &mut Queue,
+    ) -> anyhow::Result<Self> {
+        let count = if sockets == 0 {
+            1
+        } else {
+            settings.udp_recv_buffers
+        };
+        let bufs = BufRing::new(ring, UDP_GROUP, count, RECV_BUFFER_BYTES)
+            .map_err(|e| anyhow::anyhow!("UDP buffer ring: {e}"))?;
+        // SAFETY: all-zero is a valid msghdr.
+        let mut recv_header: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+        recv_header.msg_namelen = size_of::<libc::sockaddr_in6>() as u32;
+        let slot_count = if sockets == 0 {
+            0
+        } else {
+            settings.udp_send_slots
+        };
+        let mut slots: Box<[SendSlot]> = (0..slot_count)
+            .map(|_| SendSlot {
+                // SAFETY: all-zero is a valid msghdr, iovec and sockaddr_in6.
+                header: unsafe { std::mem::zeroed() },
+                iov: unsafe { std::mem::zeroed() },
+                name: unsafe { std::mem::zeroed() },
+                buf: Vec::with_capacity(1500),
+            })
+            .collect();
+        for slot in slots.iter_mut() {
+            slot.header.msg_iov = &raw mut slot.iov;
+            slot.header.msg_iovlen = 1;
+            slot.header.msg_name = (&raw mut slot.name).cast();
+        }
+        let free = (0..slot_count as u32).rev().collect();
+        let mut udp = UdpSockets {
+            bufs,
+            recv_header,
+            slots,
+            free,
+        };
+        for socket in 0..sockets {
+            udp.arm(socket, queue);
+        }
+        Ok(udp)
+    }
+
+    fn arm(&mut self, socket: usize, queue: &mut Queue) {
+        let entry = opcode::RecvMsgMulti::new(
+            types::Fixed(socket as u32),
+            &raw const *self.recv_header,
+            self.bufs.group(),
+        )
+        .build()
+        .user_data(Op::UdpRecv.data(socket));
+        queue.push(entry);
+    }
+
+    pub fn on_recv(
+        &mut self,
+        socket: usize,
+        result: i32,
+        flags: u32,
+        handler: &mut UdpHandler,
+        queue: &mut Queue,
+    ) {
+        if !cqueue::more(flags) {
+            // The kernel ended the multishot (out of buffers, or an error): arm it again.
+            tracing::debug!(socket, result, "UDP multishot receive ended; re-arming");
+            self.arm(socket, queue);
+        }
+        let Some(bid) = cqueue::buffer_select(flags) else {
+            return;
+        };
+        if result > 0 {
+            self.answer(socket, bid, result as usize, handler, queue);
+        }
+        self.bufs.give_back(bid);
+    }
+
+    fn answer(
+        &mut self,
+        socket: usize,
+        bid: u16,
+        len: usize,
+        handler: &mut UdpHandler,
+        queue: &mut Queue,
+    ) {
+        let data = self.bufs.buffer(bid, len);
+        let Ok(message) = types::RecvMsgOut::parse(data, &self.recv_header) else {
+            return;
+        };
+        if message.is_payload_truncated() || message.is_name_data_truncated() {
+            return; // longer than any valid request
+        }
+        let name = message.name_data();
+        let Some(from) = sockaddr_to_std(name) else {
+            return;
+        };
+        let Some(index) = self.free.pop() else { return };
+        let slot = &mut self.slots[index as usize];
+        handler.handle(message.payload_data(), from, &mut slot.buf);
+        if slot.buf.is_empty() {
+            self.free.push(index);
+            return;
+        }
+        // SAFETY: name is at most a sockaddr_in6, as the template header asked.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                name.as_ptr(),
+                (&raw mut slot.name).cast::<u8>(),
+                name.len(),
+            )
+        };
+        slot.header.msg_namelen = name.len() as u32;
+        slot.iov.iov_base = slot.buf.as_mut_ptr().cast();
+        slot.iov.iov_len = slot.buf.len();
+        let entry = opcode::SendMsg::new(types::Fixed(socket as u32), &raw const slot.header)
+            .build()
+            .user_data(Op::UdpSend.data(index as usize));
+        queue.push(entry);
+    }
+
+    pub fn on_send(&mut self, slot: usize) {
+        self.free.push(slot as u32);
+    }
+
+    pub fn publish(&self) {
+        self.bufs.publish();
+    }
+}
+
+/// A sockaddr_in or sockaddr_in6, as raw bytes, to a `SocketAddr`.
+fn sockaddr_to_std(raw: &[u8]) -> Option<SocketAddr> {
+    let family = i32::from(u16::from_ne_bytes(raw.get(..2)?.try_into().ok()?));
+    let port = u16::from_be_bytes(raw.get(2..4)?.try_into().ok()?);
+    let ip = match family {
+        libc::AF_INET => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(raw.get(4..8)?).ok()?)),
+        libc::AF_INET6 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(raw.get(8..24)?).ok()?)),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_socket_addresses_convert() {
+        let v4: socket2::SockAddr = "1.2.3.4:5".parse::<SocketAddr>().unwrap().into();
+        // SAFETY: reads the SockAddr's own initialised bytes.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(v4.as_ptr().cast::<u8>(), v4.len() as usize) };
+        assert_eq!(sockaddr_to_std(bytes), Some("1.2.3.4:5".parse().unwrap()));
+        let v6: socket2::SockAddr = "[2001:db8::1]:6".parse::<SocketAddr>().unwrap().into();
+        let bytes =
+            unsafe { std::slice::from_raw_parts(v6.as_ptr().cast::<u8>(), v6.len() as usize) };
+        assert_eq!(
+            sockaddr_to_std(bytes),
+            Some("[2001:db8::1]:6".parse().unwrap())
+        );
+        assert_eq!(sockaddr_to_std(&[0; 3]), None);
+    }
+}
