@@ -41,7 +41,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let Some(path) = cli.check_config {
-        return match Config::load(&path) {
+        return match Config::load(&path)
+            .and_then(|c| Middleware::from_config(&c.prehooks, &c.posthooks))
+        {
             Ok(_) => {
                 println!("{}: ok", path.display());
                 ExitCode::SUCCESS
@@ -66,14 +68,21 @@ fn main() -> ExitCode {
         config.engine = engine;
     }
     hayate::logging::init(&config.log);
-    let signals = match server::stop_signals() {
+    let middleware = match Middleware::from_config(&config.prehooks, &config.posthooks) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("hayate: invalid config: {e:#}");
+            return ExitCode::from(BAD_CONFIG);
+        }
+    };
+    let signals = match server::signals() {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("{e:#}");
             return ExitCode::FAILURE;
         }
     };
-    let server = match server::start(&config, Clock::real(), Middleware::default()) {
+    let server = match server::start(&config, Clock::real(), middleware) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("cannot start: {e:#}");

@@ -237,10 +237,12 @@ fn spawn_maintenance(
         .context("spawn maintenance thread")
 }
 
-/// Catches SIGTERM and SIGINT from now on; hand the result to [`RunningServer::handle_signals`].
-pub fn stop_signals() -> anyhow::Result<signal_hook::iterator::Signals> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).context("install signal handlers")
+/// Catches SIGTERM and SIGINT (stop) and SIGHUP (reload hook lists) from now on; hand the
+/// result to [`RunningServer::handle_signals`].
+pub fn signals() -> anyhow::Result<signal_hook::iterator::Signals> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .context("install signal handlers")
 }
 
 impl RunningServer {
@@ -261,7 +263,7 @@ impl RunningServer {
     }
 
     /// Forwards the signals caught by `signals` to the supervisor. Install the handlers with
-    /// [`stop_signals`] before [`start`], so that no signal arrives unhandled in between.
+    /// [`signals`] before [`start`], so that no signal arrives unhandled in between.
     pub fn handle_signals(
         &self,
         mut signals: signal_hook::iterator::Signals,
@@ -282,19 +284,25 @@ impl RunningServer {
 
     /// Blocks until a signal (then stops cleanly) or a worker's death.
     pub fn wait(mut self) -> Exit {
-        match self.events.recv() {
-            Ok(ServerEvent::Signal(signal)) => {
-                tracing::info!(signal, "stopping");
-                self.stop_workers(self.workers);
-                Exit::Stopped
+        loop {
+            match self.events.recv() {
+                Ok(ServerEvent::Signal(signal_hook::consts::SIGHUP)) => {
+                    tracing::info!("SIGHUP: reloading hook lists");
+                    self.tracker.middleware.reload();
+                }
+                Ok(ServerEvent::Signal(signal)) => {
+                    tracing::info!(signal, "stopping");
+                    self.stop_workers(self.workers);
+                    return Exit::Stopped;
+                }
+                Ok(ServerEvent::WorkerExited { name, panicked }) => {
+                    let why = if panicked { "panicked" } else { "stopped" };
+                    tracing::error!(worker = %name, "worker {why}; exiting");
+                    self.stop_workers(self.workers - 1);
+                    return Exit::WorkerDied(name);
+                }
+                Err(_) => unreachable!("the server holds a sender"),
             }
-            Ok(ServerEvent::WorkerExited { name, panicked }) => {
-                let why = if panicked { "panicked" } else { "stopped" };
-                tracing::error!(worker = %name, "worker {why}; exiting");
-                self.stop_workers(self.workers - 1);
-                Exit::WorkerDied(name)
-            }
-            Err(_) => unreachable!("the server holds a sender"),
         }
     }
 

@@ -28,9 +28,13 @@ pub fn line_of_key(text: &str, key: &str) -> Option<usize> {
     (1..=text.lines().count()).find(|&n| key_at_line(text, n).as_deref() == Some(key))
 }
 
-/// `(indent, key)` of a `key: value` or `key:` line; None for comments, blanks and list items.
+/// `(indent, key)` of a `key: value`, `key:` or `- key: value` line (the key of a list item's
+/// first field); None for comments, blanks and plain list items.
 fn key_of(line: &str) -> Option<(usize, &str)> {
-    let trimmed = line.trim_start();
+    let mut trimmed = line.trim_start();
+    if let Some(item) = trimmed.strip_prefix("- ") {
+        trimmed = item.trim_start();
+    }
     if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('-') {
         return None;
     }
@@ -49,7 +53,7 @@ fn key_of(line: &str) -> Option<(usize, &str)> {
 mod tests {
     use super::*;
 
-    const DOC: &str = "a: 1\nb:\n  # comment\n  c: 2\n  d:\n    e: [1]\nf: 3\n";
+    const DOC: &str = "a: 1\nb:\n  # comment\n  c: 2\n  d:\n    e: [1]\nf: 3\ng:\n  - name: x\n    options:\n      h: 1\n";
 
     #[test]
     fn keys_are_found_by_line_and_lines_by_key() {
@@ -60,5 +64,7 @@ mod tests {
         assert_eq!(key_at_line(DOC, 3), None);
         assert_eq!(line_of_key(DOC, "b.d.e"), Some(6));
         assert_eq!(line_of_key(DOC, "b.x"), None);
+        assert_eq!(key_at_line(DOC, 9).as_deref(), Some("g.name"));
+        assert_eq!(key_at_line(DOC, 11).as_deref(), Some("g.options.h"));
     }
 }

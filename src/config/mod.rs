@@ -10,6 +10,8 @@ use std::path::Path;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::middleware::{PostHookConfig, PreHookConfig};
+
 /// The embedded default configuration, with its comments.
 pub const DEFAULT_YAML: &str = include_str!("../../config.yaml");
 
@@ -24,6 +26,10 @@ pub struct Config {
     pub http: HttpConfig,
     pub announce: AnnounceConfig,
     pub swarm: SwarmConfig,
+    /// Hooks run before the store, in order.
+    pub prehooks: Vec<PreHookConfig>,
+    /// Hooks run after the store, in order.
+    pub posthooks: Vec<PostHookConfig>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -144,6 +150,8 @@ impl Default for Config {
             http: HttpConfig::default(),
             announce: AnnounceConfig::default(),
             swarm: SwarmConfig::default(),
+            prehooks: Vec::new(),
+            posthooks: Vec::new(),
         }
     }
 }
@@ -279,17 +287,25 @@ impl Config {
             serde_saphyr::from_str::<Config>(text).map_err(|e| parse_error(text, &e))?
         };
         config.validate().map_err(|(key, message)| ConfigError {
-            line: locate::line_of_key(text, key),
-            key: Some(key.to_string()),
+            line: locate::line_of_key(text, &key),
+            key: Some(key),
             message,
         })?;
         Ok(config)
     }
 
     /// Checks what types alone cannot; returns the dotted key and why.
-    fn validate(&self) -> Result<(), (&'static str, String)> {
-        fn fail<T>(key: &'static str, why: impl Into<String>) -> Result<T, (&'static str, String)> {
-            Err((key, why.into()))
+    fn validate(&self) -> Result<(), (String, String)> {
+        fn fail<T>(key: &str, why: impl Into<String>) -> Result<T, (String, String)> {
+            Err((key.to_string(), why.into()))
+        }
+        for (i, hook) in self.prehooks.iter().enumerate() {
+            hook.validate()
+                .map_err(|why| (format!("prehooks[{i}].options"), why))?;
+        }
+        for (i, hook) in self.posthooks.iter().enumerate() {
+            hook.validate()
+                .map_err(|why| (format!("posthooks[{i}].options"), why))?;
         }
         let ring = &self.io_uring;
         if !(8..=32768).contains(&ring.ring_entries) {

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::Tracker;
+use super::{RequestError, Tracker};
 use crate::bittorrent::{
     AnnounceRequest, AnnounceResponse, ClientError, InfoHash, Protocol, ScrapeStats,
 };
@@ -102,7 +102,7 @@ impl HttpHandler {
                     .scrape(&ctx, &mut self.info_hashes, &mut self.stats)
                     .map(|()| write_scrape(&mut self.body, &self.stats))
             }
-            Err(e) => Err(e),
+            Err(e) => Err(RequestError::BadRequest(e)),
         };
         if let Err(e) = result {
             self.body.clear();

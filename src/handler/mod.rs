@@ -11,5 +11,5 @@ mod udp;
 
 pub use http::HttpHandler;
 pub use http_connection::HttpConnection;
-pub use tracker::Tracker;
+pub use tracker::{RequestError, Tracker};
 pub use udp::{MAX_UDP_REQUEST_BYTES, UdpHandler};

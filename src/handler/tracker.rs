@@ -6,9 +6,44 @@ use ipnet::IpNet;
 
 use crate::bittorrent::{AnnounceRequest, AnnounceResponse, ClientError, InfoHash, ScrapeStats};
 use crate::config::{AnnounceConfig, Config, parse_hex_key};
-use crate::middleware::{Middleware, RequestContext};
+use crate::middleware::{Middleware, Rejection, RequestContext};
 use crate::protocol::udp::ConnectionIdKey;
 use crate::swarm::SwarmStore;
+
+/// Why a request was not served: the reason the client gets, and the kind the metrics count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestError {
+    /// Malformed or invalid input.
+    BadRequest(ClientError),
+    /// A UDP connection id that is not valid (made up, expired, or another address's).
+    BadConnectionId,
+    /// A pre-hook said no.
+    RejectedByHook {
+        hook: &'static str,
+        reason: ClientError,
+    },
+    /// A store limit (torrents, peers per torrent, scrape size) was reached.
+    LimitReached(ClientError),
+}
+
+impl RequestError {
+    pub fn reason(&self) -> &str {
+        match self {
+            RequestError::BadRequest(e) | RequestError::LimitReached(e) => e.reason(),
+            RequestError::BadConnectionId => "invalid or expired connection id",
+            RequestError::RejectedByHook { reason, .. } => reason.reason(),
+        }
+    }
+}
+
+impl From<Rejection> for RequestError {
+    fn from(r: Rejection) -> Self {
+        RequestError::RejectedByHook {
+            hook: r.hook,
+            reason: r.error,
+        }
+    }
+}
 
 pub struct Tracker {
     pub store: Arc<SwarmStore>,
@@ -65,7 +100,7 @@ impl Tracker {
         request: &mut AnnounceRequest,
         both_families: bool,
         response: &mut AnnounceResponse,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), RequestError> {
         self.middleware.before_announce(ctx, request)?;
         let numwant = request
             .numwant
@@ -74,7 +109,8 @@ impl Tracker {
         response.interval = self.announce.interval_secs;
         response.min_interval = self.announce.min_interval_secs;
         self.store
-            .announce(request, numwant as usize, both_families, response)?;
+            .announce(request, numwant as usize, both_families, response)
+            .map_err(RequestError::LimitReached)?;
         self.middleware.after_announce(ctx, request, response);
         Ok(())
     }
@@ -85,7 +121,7 @@ impl Tracker {
         ctx: &RequestContext<'_>,
         info_hashes: &mut Vec<InfoHash>,
         stats: &mut Vec<(InfoHash, ScrapeStats)>,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), RequestError> {
         self.middleware.before_scrape(ctx, info_hashes)?;
         stats.clear();
         stats.extend(info_hashes.iter().map(|h| (*h, self.store.scrape(h))));

@@ -3,10 +3,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::Tracker;
-use crate::bittorrent::{
-    AnnounceRequest, AnnounceResponse, ClientError, InfoHash, Protocol, ScrapeStats,
-};
+use super::{RequestError, Tracker};
+use crate::bittorrent::{AnnounceRequest, AnnounceResponse, InfoHash, Protocol, ScrapeStats};
 use crate::middleware::RequestContext;
 use crate::protocol::udp::request::scrape_hashes;
 use crate::protocol::udp::response::{write_announce, write_connect, write_error, write_scrape};
@@ -14,8 +12,6 @@ use crate::protocol::udp::{UdpDecodeError, UdpRequest, decode};
 
 /// Engines receive into buffers this large; a longer datagram is truncated and refused.
 pub const MAX_UDP_REQUEST_BYTES: usize = 2048;
-
-const BAD_CONNECTION_ID: &str = "invalid or expired connection id";
 
 /// One per worker: the shared tracker plus this worker's scratch buffers.
 pub struct UdpHandler {
@@ -65,7 +61,11 @@ impl UdpHandler {
                     .connection_ids
                     .is_valid(a.connection_id, now, client_ip)
                 {
-                    return write_error(out, a.transaction_id, BAD_CONNECTION_ID);
+                    return write_error(
+                        out,
+                        a.transaction_id,
+                        RequestError::BadConnectionId.reason(),
+                    );
                 }
                 a.options.url_into(&mut self.url);
                 let ctx = RequestContext {
@@ -107,7 +107,11 @@ impl UdpHandler {
                     .connection_ids
                     .is_valid(connection_id, now, client_ip)
                 {
-                    return write_error(out, transaction_id, BAD_CONNECTION_ID);
+                    return write_error(
+                        out,
+                        transaction_id,
+                        RequestError::BadConnectionId.reason(),
+                    );
                 }
                 if info_hashes.len() / 20 > tracker.udp_max_scrape {
                     return write_error(out, transaction_id, "too many info hashes in one scrape");
@@ -121,7 +125,7 @@ impl UdpHandler {
                 };
                 match tracker.scrape(&ctx, &mut self.info_hashes, &mut self.stats) {
                     Ok(()) => write_scrape(out, transaction_id, self.stats.iter().map(|(_, s)| *s)),
-                    Err(ClientError(reason)) => write_error(out, transaction_id, &reason),
+                    Err(e) => write_error(out, transaction_id, e.reason()),
                 }
             }
         }

@@ -1,8 +1,20 @@
 //! The hook chain around the store, as in Chihaya: pre-hooks see (and may reject or adjust) the
-//! request before the store, post-hooks may adjust the response after it. Empty by default; an
-//! empty chain costs one length check per request.
+//! request before the store, post-hooks may adjust the response after it. Configured in YAML as
+//! ordered lists of `{name, options}`; empty by default, and an empty chain costs one length
+//! check per request.
+
+mod client_approval;
+mod interval_variation;
+mod torrent_approval;
 
 use std::net::SocketAddr;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+pub use client_approval::{ClientApproval, ClientApprovalConfig};
+pub use interval_variation::{IntervalVariation, IntervalVariationConfig};
+pub use torrent_approval::{TorrentApproval, TorrentApprovalConfig};
 
 use crate::bittorrent::{
     AnnounceRequest, AnnounceResponse, ClientError, InfoHash, Protocol, ScrapeStats,
@@ -38,6 +50,9 @@ pub trait PreHook: Send + Sync {
     ) -> Result<(), ClientError> {
         Ok(())
     }
+
+    /// Reloads whatever the hook reads from outside (on SIGHUP).
+    fn reload(&self) {}
 }
 
 /// Runs after the store, on a successful request.
@@ -55,6 +70,56 @@ pub trait PostHook: Send + Sync {
     fn after_scrape(&self, _ctx: &RequestContext<'_>, _stats: &mut [(InfoHash, ScrapeStats)]) {}
 }
 
+/// A pre-hook said no.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub hook: &'static str,
+    pub error: ClientError,
+}
+
+/// One entry of `prehooks`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(
+    tag = "name",
+    content = "options",
+    rename_all = "snake_case",
+    deny_unknown_fields
+)]
+pub enum PreHookConfig {
+    ClientApproval(ClientApprovalConfig),
+    TorrentApproval(TorrentApprovalConfig),
+}
+
+/// One entry of `posthooks`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(
+    tag = "name",
+    content = "options",
+    rename_all = "snake_case",
+    deny_unknown_fields
+)]
+pub enum PostHookConfig {
+    IntervalVariation(IntervalVariationConfig),
+}
+
+impl PreHookConfig {
+    /// Checks the options; the error says which option and why.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            PreHookConfig::ClientApproval(c) => c.validate(),
+            PreHookConfig::TorrentApproval(c) => c.validate(),
+        }
+    }
+}
+
+impl PostHookConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            PostHookConfig::IntervalVariation(c) => c.validate(),
+        }
+    }
+}
+
 /// The configured hooks, in order.
 #[derive(Default)]
 pub struct Middleware {
@@ -67,28 +132,73 @@ impl Middleware {
         Middleware { pre, post }
     }
 
+    /// Builds the chain the config names, in its order.
+    pub fn from_config(pre: &[PreHookConfig], post: &[PostHookConfig]) -> anyhow::Result<Self> {
+        let mut chain = Middleware::default();
+        for (i, hook) in pre.iter().enumerate() {
+            let built: anyhow::Result<Box<dyn PreHook>> = match hook {
+                PreHookConfig::ClientApproval(c) => {
+                    ClientApproval::new(c).map(|h| Box::new(h) as _)
+                }
+                PreHookConfig::TorrentApproval(c) => {
+                    TorrentApproval::new(c).map(|h| Box::new(h) as _)
+                }
+            };
+            chain
+                .pre
+                .push(built.with_context(|| format!("prehooks[{i}]"))?);
+        }
+        for hook in post {
+            chain.post.push(match hook {
+                PostHookConfig::IntervalVariation(c) => Box::new(IntervalVariation::new(c)),
+            });
+        }
+        Ok(chain)
+    }
+
+    /// Adds hooks that are not in the config (a library user's own).
+    pub fn with(mut self, pre: Vec<Box<dyn PreHook>>, post: Vec<Box<dyn PostHook>>) -> Self {
+        self.pre.extend(pre);
+        self.post.extend(post);
+        self
+    }
+
     pub fn is_empty(&self) -> bool {
         self.pre.is_empty() && self.post.is_empty()
+    }
+
+    pub fn pre_hook_names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.pre.iter().map(|h| h.name())
     }
 
     pub fn before_announce(
         &self,
         ctx: &RequestContext<'_>,
         request: &mut AnnounceRequest,
-    ) -> Result<(), ClientError> {
-        self.pre
-            .iter()
-            .try_for_each(|hook| hook.before_announce(ctx, request))
+    ) -> Result<(), Rejection> {
+        for hook in &self.pre {
+            hook.before_announce(ctx, request)
+                .map_err(|error| Rejection {
+                    hook: hook.name(),
+                    error,
+                })?;
+        }
+        Ok(())
     }
 
     pub fn before_scrape(
         &self,
         ctx: &RequestContext<'_>,
         info_hashes: &mut Vec<InfoHash>,
-    ) -> Result<(), ClientError> {
-        self.pre
-            .iter()
-            .try_for_each(|hook| hook.before_scrape(ctx, info_hashes))
+    ) -> Result<(), Rejection> {
+        for hook in &self.pre {
+            hook.before_scrape(ctx, info_hashes)
+                .map_err(|error| Rejection {
+                    hook: hook.name(),
+                    error,
+                })?;
+        }
+        Ok(())
     }
 
     pub fn after_announce(
@@ -106,5 +216,10 @@ impl Middleware {
         self.post
             .iter()
             .for_each(|hook| hook.after_scrape(ctx, stats));
+    }
+
+    /// SIGHUP: every hook rereads what it reads from outside.
+    pub fn reload(&self) {
+        self.pre.iter().for_each(|hook| hook.reload());
     }
 }

@@ -44,10 +44,14 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// Hooks from the config.
     pub fn start(config: Config) -> TestServer {
-        Self::start_with(config, Middleware::default())
+        let hooks =
+            Middleware::from_config(&config.prehooks, &config.posthooks).expect("hooks build");
+        Self::start_with(config, hooks)
     }
 
+    /// These hooks instead of the config's.
     pub fn start_with(config: Config, middleware: Middleware) -> TestServer {
         hayate::logging::init(&config.log);
         let clock = Clock::stopped(NOW);
