@@ -107,7 +107,7 @@ fn codecs(c: &mut Criterion) {
 fn request_path(c: &mut Criterion) {
     let tracker = tracker();
     let client: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-    let mut handler = UdpHandler::new(tracker.clone());
+    let mut handler = UdpHandler::new(tracker.clone(), Default::default());
     let mut out = Vec::with_capacity(2048);
     handler.handle(
         &0x417_2710_1980u64
@@ -142,7 +142,7 @@ fn request_path(c: &mut Criterion) {
             handler.handle(black_box(&packets[i]), client, &mut out);
         })
     });
-    let mut http = HttpHandler::new(tracker);
+    let mut http = HttpHandler::new(tracker, Default::default());
     let request = [
         b"GET ".as_slice(),
         HTTP_TARGET,

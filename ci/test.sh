@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of hayate on a Debian machine with a Rust toolchain (rustup, Rust >= 1.89):
-# installs the Debian packages the tests use, then the Rust suite (unit, property, integration
+# installs the Debian packages the tests use (libtorrent, aria2, mktorrent, promtool, ...), then the Rust suite (unit, property, integration
 # and process tests), then the real-client transfers (libtorrent and aria2 through hayate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,7 @@ command -v ss >/dev/null || missing+=(iproute2)
 command -v mktorrent >/dev/null || missing+=(mktorrent)
 command -v aria2c >/dev/null || missing+=(aria2)
 { [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import libtorrent' 2>/dev/null; } || missing+=(python3-libtorrent)
+command -v promtool >/dev/null || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo

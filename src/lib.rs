@@ -12,6 +12,7 @@
 //! - [`protocol`]: pure codecs (bytes to typed requests, typed responses to bytes).
 //! - [`middleware`]: the pre/post hook chain.
 //! - [`swarm`]: the lock-striped in-memory store of torrents and peers.
+//! - [`metrics`]: Prometheus metrics and health probes, beside the hot path.
 //! - [`bittorrent`]: domain types shared by all of the above.
 
 pub mod bittorrent;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod engine;
 pub mod handler;
 pub mod logging;
+pub mod metrics;
 pub mod middleware;
 pub mod protocol;
 pub mod server;

@@ -15,7 +15,8 @@ use crate::engine::Shutdown;
 use crate::engine::epoll::{EpollSettings, EpollWorker};
 use crate::engine::sockets::{SocketOptions, bind_all};
 use crate::engine::uring::{self, RingSettings, UringWorker};
-use crate::handler::Tracker;
+use crate::handler::{Handlers, HttpHandler, Tracker, UdpHandler};
+use crate::metrics::Metrics;
 use crate::middleware::Middleware;
 use crate::swarm::{SwarmLimits, SwarmStore};
 
@@ -51,6 +52,8 @@ pub enum Exit {
 
 pub struct RunningServer {
     tracker: Arc<Tracker>,
+    metrics: Arc<Metrics>,
+    metrics_addr: Option<SocketAddr>,
     udp_addrs: Vec<SocketAddr>,
     http_addrs: Vec<SocketAddr>,
     shutdown: Arc<Shutdown>,
@@ -89,6 +92,7 @@ pub fn start(
         udp_recv_buffer_bytes: config.udp.socket_recv_buffer_bytes,
     })?;
     let shutdown = Arc::new(Shutdown::default());
+    let metrics = Arc::new(Metrics::default());
     let (events_tx, events) = channel();
     let engine = choose_engine(config)?;
     let max_connections_per_worker = config.http.max_connections.div_ceil(workers);
@@ -101,6 +105,11 @@ pub fn start(
             events: events_tx.clone(),
         };
         let ready = ready_tx.clone();
+        let worker_metrics = metrics.add_worker(tracker.middleware.pre_hook_names().collect());
+        let handlers = || Handlers {
+            udp: UdpHandler::new(tracker.clone(), worker_metrics.clone()),
+            http: HttpHandler::new(tracker.clone(), worker_metrics.clone()),
+        };
         let body: Box<dyn FnOnce() -> anyhow::Result<()> + Send> = match engine {
             EngineKind::Epoll => {
                 let settings = EpollSettings {
@@ -110,7 +119,7 @@ pub fn start(
                     idle_timeout,
                 };
                 let worker =
-                    EpollWorker::new(worker_sockets, tracker.clone(), settings, shutdown.clone())?;
+                    EpollWorker::new(worker_sockets, handlers(), settings, shutdown.clone())?;
                 Box::new(move || {
                     let _ = ready.send(Ok(()));
                     worker.run()
@@ -119,7 +128,7 @@ pub fn start(
             EngineKind::IoUring | EngineKind::Auto => {
                 let worker = UringWorker::new(
                     worker_sockets,
-                    tracker.clone(),
+                    handlers(),
                     ring_settings(config),
                     shutdown.clone(),
                 )?;
@@ -152,16 +161,25 @@ pub fn start(
         clock,
         config.swarm.cleaning_interval_secs,
         shutdown.clone(),
+        metrics.clone(),
     )?;
+    metrics.set_serving(engine_label(engine), tracker.clone());
+    let metrics_addr = match config.metrics.enabled {
+        true => Some(crate::metrics::serve(config.metrics.bind, metrics.clone())?),
+        false => None,
+    };
     tracing::info!(
         ?engine,
         workers,
         udp = ?sockets.udp_addrs,
         http = ?sockets.http_addrs,
+        metrics = ?metrics_addr,
         "hayate is serving"
     );
     Ok(RunningServer {
         tracker,
+        metrics,
+        metrics_addr,
         udp_addrs: sockets.udp_addrs,
         http_addrs: sockets.http_addrs,
         shutdown,
@@ -191,6 +209,13 @@ pub fn choose_engine(config: &Config) -> anyhow::Result<EngineKind> {
     }
 }
 
+fn engine_label(engine: EngineKind) -> &'static str {
+    match engine {
+        EngineKind::IoUring => "io_uring",
+        EngineKind::Epoll | EngineKind::Auto => "epoll",
+    }
+}
+
 fn ring_settings(config: &Config) -> RingSettings {
     let ring = &config.io_uring;
     let workers = config.worker_count();
@@ -213,6 +238,7 @@ fn spawn_maintenance(
     clock: Clock,
     cleaning_interval_secs: u32,
     shutdown: Arc<Shutdown>,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<JoinHandle<()>> {
     let interval = Duration::from_secs(u64::from(cleaning_interval_secs));
     std::thread::Builder::new()
@@ -224,6 +250,7 @@ fn spawn_maintenance(
                 clock.tick();
                 if last_clean.elapsed() >= interval {
                     let report = store.clean();
+                    metrics.record_cleaning(&report);
                     tracing::debug!(
                         peers_removed = report.peers_removed,
                         torrents_removed = report.torrents_removed,
@@ -252,6 +279,15 @@ impl RunningServer {
 
     pub fn http_addrs(&self) -> &[SocketAddr] {
         &self.http_addrs
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn tracker(&self) -> &Arc<Tracker> {
@@ -312,6 +348,7 @@ impl RunningServer {
     }
 
     fn stop_workers(&mut self, running: usize) {
+        self.metrics.set_not_ready();
         self.shutdown.request();
         let deadline = Instant::now() + Duration::from_secs(1);
         let mut left = running;

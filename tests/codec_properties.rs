@@ -152,7 +152,7 @@ proptest! {
     fn arbitrary_datagrams_through_the_whole_udp_path_never_panic(
         packets in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 1..20),
     ) {
-        let mut handler = UdpHandler::new(tracker());
+        let mut handler = UdpHandler::new(tracker(), Default::default());
         let mut out = Vec::new();
         for packet in packets {
             handler.handle(&packet, "127.0.0.1:5000".parse().unwrap(), &mut out);
@@ -164,7 +164,7 @@ proptest! {
     fn arbitrary_bytes_through_an_http_connection_never_panic_and_frame_cleanly(
         chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 1..10),
     ) {
-        let mut handler = HttpHandler::new(tracker());
+        let mut handler = HttpHandler::new(tracker(), Default::default());
         let mut conn = HttpConnection::new("[::1]:5000".parse().unwrap(), 1024);
         for chunk in &chunks {
             conn.received(chunk, &mut handler);

@@ -140,8 +140,7 @@ fn stop_within_a_second(mut child: Child, signal: i32) -> i32 {
     }
 }
 
-const LOOPBACK: &str =
-    "workers: 2\nudp:\n  bind: [\"127.0.0.1:0\", \"[::1]:0\"]\nhttp:\n  bind: [\"127.0.0.1:0\"]\n";
+const LOOPBACK: &str = "workers: 2\nudp:\n  bind: [\"127.0.0.1:0\", \"[::1]:0\"]\nhttp:\n  bind: [\"127.0.0.1:0\"]\nmetrics:\n  bind: \"127.0.0.1:0\"\n";
 
 #[test]
 fn sigterm_and_sigint_stop_it_within_a_second_with_exit_zero() {
@@ -392,4 +391,43 @@ fn the_engine_in_use_is_logged_and_can_be_chosen_on_the_command_line() {
         assert!(log.contains(logged), "{log}");
         stop_within_a_second(child, libc::SIGTERM);
     }
+}
+
+#[test]
+fn sighup_reloads_the_torrent_list_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("torrents.txt");
+    std::fs::write(&list, format!("{}\n", "01".repeat(20))).unwrap();
+    let config = write_config(&format!(
+        "{LOOPBACK}prehooks:\n  - name: torrent_approval\n    options:\n      file: {}\n      check_interval_secs: 3600\n",
+        list.display()
+    ));
+    let (child, log, _stderr) = spawn(&["--config", config.path().to_str().unwrap()], &[]);
+    let port: u16 = log
+        .split("http=[127.0.0.1:")
+        .nth(1)
+        .unwrap()
+        .split(']')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let announce = |n: u8| http_get(addr, &announce_target(hash(n), 1, 1, 0, "")).failure();
+    assert_eq!(announce(1), None);
+    assert_eq!(announce(2).as_deref(), Some("torrent not approved"));
+    std::fs::write(&list, format!("{}\n", "02".repeat(20))).unwrap();
+    // SAFETY: kill(2) on the PID of a child we own.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while announce(2).is_some() {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload the list");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(announce(1).as_deref(), Some("torrent not approved"));
+    assert_eq!(
+        stop_within_a_second(child, libc::SIGTERM),
+        0,
+        "still running after SIGHUP"
+    );
 }

@@ -120,6 +120,8 @@ udp:
   bind: ["127.0.0.1:$port", "[::1]:$port"]
 http:
   bind: ["127.0.0.1:$port", "[::1]:$port"]
+metrics:
+  bind: "127.0.0.1:0"
 announce:
   interval_secs: 5
   min_interval_secs: 1

@@ -26,6 +26,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub announce: AnnounceConfig,
     pub swarm: SwarmConfig,
+    pub metrics: MetricsConfig,
     /// Hooks run before the store, in order.
     pub prehooks: Vec<PreHookConfig>,
     /// Hooks run after the store, in order.
@@ -131,6 +132,22 @@ pub struct SwarmConfig {
     pub cleaning_interval_secs: u32,
 }
 
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    pub bind: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            bind: SocketAddr::from(([127, 0, 0, 1], 6880)),
+        }
+    }
+}
+
 fn all_addresses(port: u16) -> Vec<SocketAddr> {
     vec![
         SocketAddr::from(([0, 0, 0, 0], port)),
@@ -150,6 +167,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             announce: AnnounceConfig::default(),
             swarm: SwarmConfig::default(),
+            metrics: MetricsConfig::default(),
             prehooks: Vec::new(),
             posthooks: Vec::new(),
         }

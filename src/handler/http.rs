@@ -7,6 +7,7 @@ use super::{RequestError, Tracker};
 use crate::bittorrent::{
     AnnounceRequest, AnnounceResponse, ClientError, InfoHash, Protocol, ScrapeStats,
 };
+use crate::metrics::{Action, WorkerMetrics};
 use crate::middleware::RequestContext;
 use crate::protocol::http::forwarded;
 use crate::protocol::http::response::{write_announce, write_failure, write_http, write_scrape};
@@ -18,6 +19,7 @@ const TEXT: &str = "text/plain";
 /// One per worker: the shared tracker plus this worker's scratch buffers.
 pub struct HttpHandler {
     tracker: Arc<Tracker>,
+    metrics: Arc<WorkerMetrics>,
     response: AnnounceResponse,
     body: Vec<u8>,
     info_hashes: Vec<InfoHash>,
@@ -25,9 +27,10 @@ pub struct HttpHandler {
 }
 
 impl HttpHandler {
-    pub fn new(tracker: Arc<Tracker>) -> Self {
+    pub fn new(tracker: Arc<Tracker>, metrics: Arc<WorkerMetrics>) -> Self {
         HttpHandler {
             tracker,
+            metrics,
             response: AnnounceResponse::default(),
             body: Vec::new(),
             info_hashes: Vec::new(),
@@ -43,41 +46,65 @@ impl HttpHandler {
         close: bool,
         out: &mut Vec<u8>,
     ) {
+        let started = self.metrics.start();
         self.body.clear();
-        if request.method != Some("GET") {
-            return write_http(
-                out,
-                "405 Method Not Allowed",
-                TEXT,
-                b"only GET is supported",
-                close,
-            );
-        }
+        let socket_ip = socket.ip().to_canonical();
         let target = request.path.unwrap_or("/").as_bytes();
-        let status = match self.client_ip(request, socket.ip().to_canonical()) {
-            Ok(client_ip) => {
-                self.tracker_request(target, SocketAddr::new(client_ip, socket.port()))
-            }
-            Err(e) => {
-                write_failure(&mut self.body, e.reason(), None);
-                OK
+        let (status, action, error) = if request.method != Some("GET") {
+            self.body.extend_from_slice(b"only GET is supported");
+            ("405 Method Not Allowed", Action::Other, None)
+        } else {
+            match self.client_ip(request, socket_ip) {
+                Ok(client_ip) => {
+                    self.tracker_request(target, SocketAddr::new(client_ip, socket.port()))
+                }
+                Err(e) => (OK, Action::Other, Some(RequestError::BadRequest(e))),
             }
         };
+        if let Some(e) = &error {
+            self.body.clear();
+            write_failure(&mut self.body, e.reason(), None);
+        }
         write_http(out, status, TEXT, &self.body, close);
+        let response = if error.is_some() {
+            Action::Error
+        } else {
+            action
+        };
+        self.metrics.record(
+            Protocol::Http,
+            socket_ip.is_ipv6(),
+            action,
+            Some(response),
+            error.as_ref(),
+            started,
+        );
     }
 
-    /// decode -> tracker -> encode, into `self.body`; returns the HTTP status.
-    fn tracker_request(&mut self, target: &[u8], client: SocketAddr) -> &'static str {
+    /// decode -> tracker -> encode, into `self.body`; returns the HTTP status, what was asked,
+    /// and why it failed, if it did.
+    fn tracker_request(
+        &mut self,
+        target: &[u8],
+        client: SocketAddr,
+    ) -> (&'static str, Action, Option<RequestError>) {
         let tracker = &*self.tracker;
         let ctx = RequestContext {
             protocol: Protocol::Http,
             client,
             url: target,
         };
+        let action = if target.starts_with(b"/announce") {
+            Action::Announce
+        } else if target.starts_with(b"/scrape") {
+            Action::Scrape
+        } else {
+            Action::Other
+        };
         let result = match decode_target(target, &mut self.info_hashes, tracker.http_max_scrape) {
             Ok(HttpRequest::NotFound) => {
                 self.body.extend_from_slice(b"not found");
-                return "404 Not Found";
+                return ("404 Not Found", Action::Other, None);
             }
             Ok(HttpRequest::Announce(a)) => {
                 let mut request =
@@ -104,11 +131,7 @@ impl HttpHandler {
             }
             Err(e) => Err(RequestError::BadRequest(e)),
         };
-        if let Err(e) = result {
-            self.body.clear();
-            write_failure(&mut self.body, e.reason(), None);
-        }
-        OK
+        (OK, action, result.err())
     }
 
     /// The socket address, or the one the reverse-proxy rule finds.

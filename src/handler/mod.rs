@@ -13,3 +13,10 @@ pub use http::HttpHandler;
 pub use http_connection::HttpConnection;
 pub use tracker::{RequestError, Tracker};
 pub use udp::{MAX_UDP_REQUEST_BYTES, UdpHandler};
+
+/// What an engine's worker gets: a handler per protocol, each with the worker's own scratch
+/// buffers and counters.
+pub struct Handlers {
+    pub udp: UdpHandler,
+    pub http: HttpHandler,
+}

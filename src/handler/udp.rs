@@ -4,18 +4,22 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use super::{RequestError, Tracker};
-use crate::bittorrent::{AnnounceRequest, AnnounceResponse, InfoHash, Protocol, ScrapeStats};
+use crate::bittorrent::{
+    AnnounceRequest, AnnounceResponse, ClientError, InfoHash, Protocol, ScrapeStats,
+};
+use crate::metrics::{Action, WorkerMetrics};
 use crate::middleware::RequestContext;
 use crate::protocol::udp::request::scrape_hashes;
 use crate::protocol::udp::response::{write_announce, write_connect, write_error, write_scrape};
-use crate::protocol::udp::{UdpDecodeError, UdpRequest, decode};
+use crate::protocol::udp::{UdpAnnounce, UdpDecodeError, UdpRequest, decode};
 
 /// Engines receive into buffers this large; a longer datagram is truncated and refused.
 pub const MAX_UDP_REQUEST_BYTES: usize = 2048;
 
-/// One per worker: the shared tracker plus this worker's scratch buffers.
+/// One per worker: the shared tracker, this worker's counters and its scratch buffers.
 pub struct UdpHandler {
     tracker: Arc<Tracker>,
+    metrics: Arc<WorkerMetrics>,
     response: AnnounceResponse,
     url: Vec<u8>,
     info_hashes: Vec<InfoHash>,
@@ -23,9 +27,10 @@ pub struct UdpHandler {
 }
 
 impl UdpHandler {
-    pub fn new(tracker: Arc<Tracker>) -> Self {
+    pub fn new(tracker: Arc<Tracker>, metrics: Arc<WorkerMetrics>) -> Self {
         UdpHandler {
             tracker,
+            metrics,
             response: AnnounceResponse::default(),
             url: Vec::new(),
             info_hashes: Vec::new(),
@@ -37,97 +42,156 @@ impl UdpHandler {
     /// means no answer (a datagram too short to carry a transaction id).
     pub fn handle(&mut self, packet: &[u8], client: SocketAddr, out: &mut Vec<u8>) {
         out.clear();
+        let started = self.metrics.start();
+        let client = SocketAddr::new(client.ip().to_canonical(), client.port());
+        let (action, error) = self.answer(packet, client, out);
+        let response = match out.get(3) {
+            None => None,
+            Some(3) => Some(Action::Error),
+            Some(_) => Some(action),
+        };
+        self.metrics.record(
+            Protocol::Udp,
+            client.is_ipv6(),
+            action,
+            response,
+            error.as_ref(),
+            started,
+        );
+    }
+
+    /// decode -> tracker -> encode; returns what was asked and why it failed, if it did.
+    fn answer(
+        &mut self,
+        packet: &[u8],
+        client: SocketAddr,
+        out: &mut Vec<u8>,
+    ) -> (Action, Option<RequestError>) {
         let tracker = &*self.tracker;
         let now = tracker.store.clock().now();
-        let client_ip = client.ip().to_canonical();
-        let client = SocketAddr::new(client_ip, client.port());
-        match decode(packet) {
-            Err(UdpDecodeError::Unanswerable) => {}
+        let request = match decode(packet) {
+            Ok(request) => request,
+            Err(UdpDecodeError::Unanswerable) => {
+                return (
+                    Action::Other,
+                    Some(RequestError::BadRequest(ClientError::new("too short"))),
+                );
+            }
             Err(UdpDecodeError::Malformed {
                 transaction_id,
                 reason,
             }) => {
                 write_error(out, transaction_id, reason);
+                return (
+                    Action::Other,
+                    Some(RequestError::BadRequest(ClientError::new(reason))),
+                );
             }
-            Ok(UdpRequest::Connect { transaction_id }) => {
+        };
+        let (action, transaction_id, result) = match request {
+            UdpRequest::Connect { transaction_id } => {
                 write_connect(
                     out,
                     transaction_id,
-                    tracker.connection_ids.issue(now, client_ip),
+                    tracker.connection_ids.issue(now, client.ip()),
                 );
+                return (Action::Connect, None);
             }
-            Ok(UdpRequest::Announce(a)) => {
-                if !tracker
+            UdpRequest::Announce(a) => {
+                let result = if tracker
                     .connection_ids
-                    .is_valid(a.connection_id, now, client_ip)
+                    .is_valid(a.connection_id, now, client.ip())
                 {
-                    return write_error(
-                        out,
-                        a.transaction_id,
-                        RequestError::BadConnectionId.reason(),
-                    );
-                }
-                a.options.url_into(&mut self.url);
-                let ctx = RequestContext {
-                    protocol: Protocol::Udp,
-                    client,
-                    url: &self.url,
+                    self.announce(&a, client, out)
+                } else {
+                    Err(RequestError::BadConnectionId)
                 };
-                // The `ip` field is IPv4: honoured for IPv4 clients only, so the response
-                // family stays the socket's.
-                let peer_ip = match (a.ip, client_ip) {
-                    (Some(ip), IpAddr::V4(_)) if tracker.announce.allow_client_ip => IpAddr::V4(ip),
-                    _ => client_ip,
-                };
-                let mut request = AnnounceRequest {
-                    info_hash: a.info_hash,
-                    peer_id: a.peer_id,
-                    peer_ip,
-                    port: a.port,
-                    uploaded: a.uploaded,
-                    downloaded: a.downloaded,
-                    left: a.left,
-                    event: a.event,
-                    numwant: a.num_want,
-                    key: Some(a.key),
-                };
-                match tracker.announce(&ctx, &mut request, false, &mut self.response) {
-                    Ok(()) => {
-                        write_announce(out, a.transaction_id, &self.response, client_ip.is_ipv6())
-                    }
-                    Err(e) => write_error(out, a.transaction_id, e.reason()),
-                }
+                (Action::Announce, a.transaction_id, result)
             }
-            Ok(UdpRequest::Scrape {
+            UdpRequest::Scrape {
                 connection_id,
                 transaction_id,
                 info_hashes,
-            }) => {
-                if !tracker
+            } => {
+                let result = if tracker
                     .connection_ids
-                    .is_valid(connection_id, now, client_ip)
+                    .is_valid(connection_id, now, client.ip())
                 {
-                    return write_error(
-                        out,
-                        transaction_id,
-                        RequestError::BadConnectionId.reason(),
-                    );
-                }
-                if info_hashes.len() / 20 > tracker.udp_max_scrape {
-                    return write_error(out, transaction_id, "too many info hashes in one scrape");
-                }
-                self.info_hashes.clear();
-                self.info_hashes.extend(scrape_hashes(info_hashes));
-                let ctx = RequestContext {
-                    protocol: Protocol::Udp,
-                    client,
-                    url: &[],
+                    self.scrape(transaction_id, info_hashes, client, out)
+                } else {
+                    Err(RequestError::BadConnectionId)
                 };
-                match tracker.scrape(&ctx, &mut self.info_hashes, &mut self.stats) {
-                    Ok(()) => write_scrape(out, transaction_id, self.stats.iter().map(|(_, s)| *s)),
-                    Err(e) => write_error(out, transaction_id, e.reason()),
-                }
+                (Action::Scrape, transaction_id, result)
+            }
+        };
+        match result {
+            Ok(()) => (action, None),
+            Err(e) => {
+                out.clear();
+                write_error(out, transaction_id, e.reason());
+                (action, Some(e))
             }
         }
+    }
+
+    fn announce(
+        &mut self,
+        a: &UdpAnnounce<'_>,
+        client: SocketAddr,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RequestError> {
+        let tracker = &*self.tracker;
+        a.options.url_into(&mut self.url);
+        let ctx = RequestContext {
+            protocol: Protocol::Udp,
+            client,
+            url: &self.url,
+        };
+        // The `ip` field is IPv4: honoured for IPv4 clients only, so the response family stays
+        // the socket's.
+        let peer_ip = match (a.ip, client.ip()) {
+            (Some(ip), IpAddr::V4(_)) if tracker.announce.allow_client_ip => IpAddr::V4(ip),
+            (_, ip) => ip,
+        };
+        let mut request = AnnounceRequest {
+            info_hash: a.info_hash,
+            peer_id: a.peer_id,
+            peer_ip,
+            port: a.port,
+            uploaded: a.uploaded,
+            downloaded: a.downloaded,
+            left: a.left,
+            event: a.event,
+            numwant: a.num_want,
+            key: Some(a.key),
+        };
+        tracker.announce(&ctx, &mut request, false, &mut self.response)?;
+        write_announce(out, a.transaction_id, &self.response, client.is_ipv6());
+        Ok(())
+    }
+
+    fn scrape(
+        &mut self,
+        transaction_id: u32,
+        info_hashes: &[u8],
+        client: SocketAddr,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RequestError> {
+        let tracker = &*self.tracker;
+        if info_hashes.len() / 20 > tracker.udp_max_scrape {
+            return Err(RequestError::LimitReached(ClientError::new(
+                "too many info hashes in one scrape",
+            )));
+        }
+        self.info_hashes.clear();
+        self.info_hashes.extend(scrape_hashes(info_hashes));
+        let ctx = RequestContext {
+            protocol: Protocol::Udp,
+            client,
+            url: &[],
+        };
+        tracker.scrape(&ctx, &mut self.info_hashes, &mut self.stats)?;
+        write_scrape(out, transaction_id, self.stats.iter().map(|(_, s)| *s));
+        Ok(())
     }
 }

@@ -53,6 +53,11 @@ pub trait PreHook: Send + Sync {
 
     /// Reloads whatever the hook reads from outside (on SIGHUP).
     fn reload(&self) {}
+
+    /// For hooks that fetch signing keys: how many refreshes failed.
+    fn jwks_refresh_failures(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Runs after the store, on a successful request.
@@ -216,6 +221,14 @@ impl Middleware {
         self.post
             .iter()
             .for_each(|hook| hook.after_scrape(ctx, stats));
+    }
+
+    /// `(hook, failed refreshes)` of every hook that fetches signing keys.
+    pub fn jwks_refresh_failures(&self) -> Vec<(&'static str, u64)> {
+        self.pre
+            .iter()
+            .filter_map(|h| Some((h.name(), h.jwks_refresh_failures()?)))
+            .collect()
     }
 
     /// SIGHUP: every hook rereads what it reads from outside.

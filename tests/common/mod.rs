@@ -34,6 +34,7 @@ pub fn test_config(engine: EngineKind) -> Config {
     config.http.bind = loopback;
     config.udp.socket_recv_buffer_bytes = 0;
     config.udp.connection_id_secret = SECRET.into();
+    config.metrics.bind = "127.0.0.1:0".parse().unwrap();
     config.log.level = "warn".into();
     config
 }

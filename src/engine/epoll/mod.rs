@@ -15,7 +15,7 @@ use self::http::HttpConnections;
 use self::udp::MmsgBatch;
 use super::sockets::WorkerSockets;
 use super::{Shutdown, Wake};
-use crate::handler::{HttpHandler, Tracker, UdpHandler};
+use crate::handler::{Handlers, HttpHandler, UdpHandler};
 
 /// Engine settings a worker needs.
 #[derive(Clone, Debug)]
@@ -53,7 +53,7 @@ impl EpollWorker {
     /// worker's.
     pub fn new(
         sockets: WorkerSockets,
-        tracker: Arc<Tracker>,
+        handlers: Handlers,
         settings: EpollSettings,
         shutdown: Arc<Shutdown>,
     ) -> anyhow::Result<Self> {
@@ -76,8 +76,8 @@ impl EpollWorker {
             udp,
             listeners,
             settings,
-            udp_handler: UdpHandler::new(tracker.clone()),
-            http_handler: HttpHandler::new(tracker),
+            udp_handler: handlers.udp,
+            http_handler: handlers.http,
             shutdown,
         })
     }

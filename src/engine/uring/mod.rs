@@ -19,7 +19,7 @@ pub use self::probe::probe;
 use self::udp::UdpSockets;
 use super::sockets::WorkerSockets;
 use super::{Shutdown, Wake};
-use crate::handler::{HttpHandler, Tracker, UdpHandler};
+use crate::handler::{Handlers, HttpHandler, UdpHandler};
 
 /// Ring and buffer sizes; from config.
 #[derive(Clone, Debug)]
@@ -110,7 +110,7 @@ impl Wake for EventFdWaker {
 pub struct UringWorker {
     sockets: WorkerSockets,
     settings: RingSettings,
-    tracker: Arc<Tracker>,
+    handlers: Handlers,
     shutdown: Arc<Shutdown>,
     wake_fd: Arc<OwnedFd>,
 }
@@ -118,7 +118,7 @@ pub struct UringWorker {
 impl UringWorker {
     pub fn new(
         sockets: WorkerSockets,
-        tracker: Arc<Tracker>,
+        handlers: Handlers,
         settings: RingSettings,
         shutdown: Arc<Shutdown>,
     ) -> anyhow::Result<Self> {
@@ -133,7 +133,7 @@ impl UringWorker {
         Ok(UringWorker {
             sockets,
             settings,
-            tracker,
+            handlers,
             shutdown,
             wake_fd,
         })
@@ -206,8 +206,8 @@ impl Ring {
             queue,
             udp,
             http,
-            udp_handler: UdpHandler::new(worker.tracker.clone()),
-            http_handler: HttpHandler::new(worker.tracker),
+            udp_handler: worker.handlers.udp,
+            http_handler: worker.handlers.http,
             shutdown: worker.shutdown,
             wake_fd: worker.wake_fd,
             wake_buf: Box::new(0),
