@@ -2,7 +2,7 @@
 //! all bound with SO_REUSEPORT. Port 0 (tests) is resolved by the first bind, so that every
 //! worker shares the same ephemeral port.
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 
 use anyhow::Context;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -81,4 +81,38 @@ fn bind(addr: SocketAddr, kind: Type, recv_buffer: usize) -> std::io::Result<Soc
     }
     socket.bind(&addr.into())?;
     Ok(socket)
+}
+
+/// A sockaddr_in or sockaddr_in6, as raw bytes, to a `SocketAddr`.
+pub fn sockaddr_to_std(raw: &[u8]) -> Option<SocketAddr> {
+    let family = i32::from(u16::from_ne_bytes(raw.get(..2)?.try_into().ok()?));
+    let port = u16::from_be_bytes(raw.get(2..4)?.try_into().ok()?);
+    let ip = match family {
+        libc::AF_INET => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(raw.get(4..8)?).ok()?)),
+        libc::AF_INET6 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(raw.get(8..24)?).ok()?)),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_socket_addresses_convert() {
+        let v4: socket2::SockAddr = "1.2.3.4:5".parse::<SocketAddr>().unwrap().into();
+        // SAFETY: reads the SockAddr's own initialised bytes.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(v4.as_ptr().cast::<u8>(), v4.len() as usize) };
+        assert_eq!(sockaddr_to_std(bytes), Some("1.2.3.4:5".parse().unwrap()));
+        let v6: socket2::SockAddr = "[2001:db8::1]:6".parse::<SocketAddr>().unwrap().into();
+        let bytes =
+            unsafe { std::slice::from_raw_parts(v6.as_ptr().cast::<u8>(), v6.len() as usize) };
+        assert_eq!(
+            sockaddr_to_std(bytes),
+            Some("[2001:db8::1]:6".parse().unwrap())
+        );
+        assert_eq!(sockaddr_to_std(&[0; 3]), None);
+    }
 }

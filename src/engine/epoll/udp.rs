@@ -4,18 +4,19 @@
 use std::io;
 use std::os::fd::AsRawFd;
 
+use super::super::sockets::sockaddr_to_std;
 use mio::net::UdpSocket;
-use socket2::{SockAddr, SockAddrStorage};
 
 use crate::handler::{MAX_UDP_REQUEST_BYTES, UdpHandler};
 
 pub struct MmsgBatch {
     recv_buffers: Vec<[u8; MAX_UDP_REQUEST_BYTES]>,
-    recv_addrs: Vec<SockAddrStorage>,
+    recv_addrs: Vec<libc::sockaddr_in6>,
     recv_iovecs: Vec<libc::iovec>,
     recv_headers: Vec<libc::mmsghdr>,
     responses: Vec<Vec<u8>>,
-    send_addrs: Vec<SockAddr>,
+    /// For each response: the index of the request whose source address it goes back to.
+    send_to: Vec<usize>,
     send_iovecs: Vec<libc::iovec>,
     send_headers: Vec<libc::mmsghdr>,
 }
@@ -25,7 +26,7 @@ pub struct MmsgBatch {
 unsafe impl Send for MmsgBatch {}
 
 fn zeroed<T>() -> T {
-    // SAFETY: only used for plain C structs (iovec, mmsghdr), for which all
+    // SAFETY: only used for plain C structs (iovec, mmsghdr, sockaddr_in6), for which all
     // zero bytes is a valid value.
     unsafe { std::mem::zeroed() }
 }
@@ -34,11 +35,11 @@ impl MmsgBatch {
     pub fn new(batch: usize) -> Self {
         MmsgBatch {
             recv_buffers: vec![[0; MAX_UDP_REQUEST_BYTES]; batch],
-            recv_addrs: (0..batch).map(|_| SockAddrStorage::zeroed()).collect(),
+            recv_addrs: (0..batch).map(|_| zeroed()).collect(),
             recv_iovecs: (0..batch).map(|_| zeroed()).collect(),
             recv_headers: (0..batch).map(|_| zeroed()).collect(),
             responses: (0..batch).map(|_| Vec::with_capacity(1500)).collect(),
-            send_addrs: Vec::with_capacity(batch),
+            send_to: Vec::with_capacity(batch),
             send_iovecs: (0..batch).map(|_| zeroed()).collect(),
             send_headers: (0..batch).map(|_| zeroed()).collect(),
         }
@@ -56,7 +57,8 @@ impl MmsgBatch {
                 };
                 let header = &mut self.recv_headers[i].msg_hdr;
                 header.msg_name = (&raw mut self.recv_addrs[i]).cast();
-                header.msg_namelen = self.recv_addrs[i].size_of();
+                // A sockaddr_in6 holds either family's source address.
+                header.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
                 header.msg_iov = &raw mut self.recv_iovecs[i];
                 header.msg_iovlen = 1;
                 header.msg_control = std::ptr::null_mut();
@@ -84,14 +86,18 @@ impl MmsgBatch {
                 };
             }
             let received = received as usize;
-            self.send_addrs.clear();
+            self.send_to.clear();
             let mut answers = 0;
             for i in 0..received {
                 let header = &self.recv_headers[i];
-                // SAFETY: the kernel wrote a sockaddr of msg_namelen bytes into recv_addrs[i].
-                let storage = std::mem::replace(&mut self.recv_addrs[i], SockAddrStorage::zeroed());
-                let from = unsafe { SockAddr::new(storage, header.msg_hdr.msg_namelen) };
-                let Some(from) = from.as_socket() else {
+                // SAFETY: the kernel wrote msg_namelen bytes of address into recv_addrs[i].
+                let name = unsafe {
+                    std::slice::from_raw_parts(
+                        (&raw const self.recv_addrs[i]).cast::<u8>(),
+                        header.msg_hdr.msg_namelen as usize,
+                    )
+                };
+                let Some(from) = sockaddr_to_std(name) else {
                     continue;
                 };
                 if header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
@@ -101,7 +107,7 @@ impl MmsgBatch {
                 let out = &mut self.responses[answers];
                 handler.handle(&self.recv_buffers[i][..len], from, out);
                 if !out.is_empty() {
-                    self.send_addrs.push(SockAddr::from(from));
+                    self.send_to.push(i);
                     answers += 1;
                 }
             }
@@ -121,8 +127,9 @@ impl MmsgBatch {
                 iov_len: self.responses[i].len(),
             };
             let header = &mut self.send_headers[i].msg_hdr;
-            header.msg_name = self.send_addrs[i].as_ptr() as *mut libc::c_void;
-            header.msg_namelen = self.send_addrs[i].len();
+            let request = self.send_to[i];
+            header.msg_name = (&raw mut self.recv_addrs[request]).cast();
+            header.msg_namelen = self.recv_headers[request].msg_hdr.msg_namelen;
             header.msg_iov = &raw mut self.send_iovecs[i];
             header.msg_iovlen = 1;
             header.msg_control = std::ptr::null_mut();

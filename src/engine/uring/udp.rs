@@ -3,12 +3,11 @@
 //! wait. A datagram that arrives while every slot is in flight goes unanswered (the client
 //! retries, as BEP 15 expects).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-
 use io_uring::{IoUring, cqueue, opcode, types};
 
 use super::buf_ring::BufRing;
 use super::{Op, Queue, RingSettings};
+use crate::engine::sockets::sockaddr_to_std;
 use crate::handler::{MAX_UDP_REQUEST_BYTES, UdpHandler};
 
 const UDP_GROUP: u16 = 0;
@@ -167,39 +166,5 @@ impl UdpSockets {
 
     pub fn publish(&self) {
         self.bufs.publish();
-    }
-}
-
-/// A sockaddr_in or sockaddr_in6, as raw bytes, to a `SocketAddr`.
-fn sockaddr_to_std(raw: &[u8]) -> Option<SocketAddr> {
-    let family = i32::from(u16::from_ne_bytes(raw.get(..2)?.try_into().ok()?));
-    let port = u16::from_be_bytes(raw.get(2..4)?.try_into().ok()?);
-    let ip = match family {
-        libc::AF_INET => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(raw.get(4..8)?).ok()?)),
-        libc::AF_INET6 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(raw.get(8..24)?).ok()?)),
-        _ => return None,
-    };
-    Some(SocketAddr::new(ip, port))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn raw_socket_addresses_convert() {
-        let v4: socket2::SockAddr = "1.2.3.4:5".parse::<SocketAddr>().unwrap().into();
-        // SAFETY: reads the SockAddr's own initialised bytes.
-        let bytes =
-            unsafe { std::slice::from_raw_parts(v4.as_ptr().cast::<u8>(), v4.len() as usize) };
-        assert_eq!(sockaddr_to_std(bytes), Some("1.2.3.4:5".parse().unwrap()));
-        let v6: socket2::SockAddr = "[2001:db8::1]:6".parse::<SocketAddr>().unwrap().into();
-        let bytes =
-            unsafe { std::slice::from_raw_parts(v6.as_ptr().cast::<u8>(), v6.len() as usize) };
-        assert_eq!(
-            sockaddr_to_std(bytes),
-            Some("[2001:db8::1]:6".parse().unwrap())
-        );
-        assert_eq!(sockaddr_to_std(&[0; 3]), None);
     }
 }
