@@ -16,6 +16,7 @@ command -v taskset >/dev/null || missing+=(util-linux)
 command -v ss >/dev/null || missing+=(iproute2)
 command -v mktorrent >/dev/null || missing+=(mktorrent)
 command -v aria2c >/dev/null || missing+=(aria2)
+command -v openssl >/dev/null || missing+=(openssl)  # key pairs for tests/jwt.rs
 { [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import libtorrent' 2>/dev/null; } || missing+=(python3-libtorrent)
 command -v promtool >/dev/null || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     }
     if let Some(path) = cli.check_config {
         return match Config::load(&path)
-            .and_then(|c| Middleware::from_config(&c.prehooks, &c.posthooks))
+            .and_then(|c| Middleware::from_config(&c.prehooks, &c.posthooks, &Clock::real()))
         {
             Ok(_) => {
                 println!("{}: ok", path.display());
@@ -68,7 +68,8 @@ fn main() -> ExitCode {
         config.engine = engine;
     }
     hayate::logging::init(&config.log);
-    let middleware = match Middleware::from_config(&config.prehooks, &config.posthooks) {
+    let clock = Clock::real();
+    let middleware = match Middleware::from_config(&config.prehooks, &config.posthooks, &clock) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("hayate: invalid config: {e:#}");
@@ -82,7 +83,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let server = match server::start(&config, Clock::real(), middleware) {
+    let server = match server::start(&config, clock, middleware) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("cannot start: {e:#}");

@@ -5,6 +5,7 @@
 
 mod client_approval;
 mod interval_variation;
+mod jwt;
 mod torrent_approval;
 
 use std::net::SocketAddr;
@@ -14,11 +15,13 @@ use serde::Deserialize;
 
 pub use client_approval::{ClientApproval, ClientApprovalConfig};
 pub use interval_variation::{IntervalVariation, IntervalVariationConfig};
+pub use jwt::{Jwt, JwtConfig};
 pub use torrent_approval::{TorrentApproval, TorrentApprovalConfig};
 
 use crate::bittorrent::{
     AnnounceRequest, AnnounceResponse, ClientError, InfoHash, Protocol, ScrapeStats,
 };
+use crate::clock::Clock;
 
 /// What a hook may know of the request beyond its decoded fields.
 #[derive(Clone, Copy, Debug)]
@@ -93,6 +96,7 @@ pub struct Rejection {
 pub enum PreHookConfig {
     ClientApproval(ClientApprovalConfig),
     TorrentApproval(TorrentApprovalConfig),
+    Jwt(JwtConfig),
 }
 
 /// One entry of `posthooks`.
@@ -113,6 +117,7 @@ impl PreHookConfig {
         match self {
             PreHookConfig::ClientApproval(c) => c.validate(),
             PreHookConfig::TorrentApproval(c) => c.validate(),
+            PreHookConfig::Jwt(c) => c.validate(),
         }
     }
 }
@@ -137,8 +142,12 @@ impl Middleware {
         Middleware { pre, post }
     }
 
-    /// Builds the chain the config names, in its order.
-    pub fn from_config(pre: &[PreHookConfig], post: &[PostHookConfig]) -> anyhow::Result<Self> {
+    /// Builds the chain the config names, in its order. Hooks that check times read `clock`.
+    pub fn from_config(
+        pre: &[PreHookConfig],
+        post: &[PostHookConfig],
+        clock: &Clock,
+    ) -> anyhow::Result<Self> {
         let mut chain = Middleware::default();
         for (i, hook) in pre.iter().enumerate() {
             let built: anyhow::Result<Box<dyn PreHook>> = match hook {
@@ -148,6 +157,7 @@ impl Middleware {
                 PreHookConfig::TorrentApproval(c) => {
                     TorrentApproval::new(c).map(|h| Box::new(h) as _)
                 }
+                PreHookConfig::Jwt(c) => Jwt::new(c, clock).map(|h| Box::new(h) as _),
             };
             chain
                 .pre

@@ -47,15 +47,19 @@ pub struct TestServer {
 impl TestServer {
     /// Hooks from the config.
     pub fn start(config: Config) -> TestServer {
-        let hooks =
-            Middleware::from_config(&config.prehooks, &config.posthooks).expect("hooks build");
-        Self::start_with(config, hooks)
+        let clock = Clock::stopped(NOW);
+        let hooks = Middleware::from_config(&config.prehooks, &config.posthooks, &clock)
+            .expect("hooks build");
+        Self::start_with_clock(config, hooks, clock)
     }
 
     /// These hooks instead of the config's.
     pub fn start_with(config: Config, middleware: Middleware) -> TestServer {
+        Self::start_with_clock(config, middleware, Clock::stopped(NOW))
+    }
+
+    fn start_with_clock(config: Config, middleware: Middleware, clock: Clock) -> TestServer {
         hayate::logging::init(&config.log);
-        let clock = Clock::stopped(NOW);
         let server = server::start(&config, clock.clone(), middleware).expect("server starts");
         TestServer { server, clock }
     }

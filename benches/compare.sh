@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Runs hayate against the reference trackers with ../shared/bench (aquatic's load testers,
+# tracker on CPU 0, load tester on CPU 1) and prints each comparison's ratios from one run.
+#
+#   benches/compare.sh [NAME...]          default: every comparison below
+#   REPEATS=5 DURATION=20 benches/compare.sh udp-uring-vs-null
+#
+# NAME                        B (hayate)                  A (reference)
+# udp-uring-vs-null           io_uring engine             null tracker, io_uring
+# udp-uring-vs-null-mmsg      io_uring engine             null tracker, recvmmsg
+# udp-uring-vs-aquatic        io_uring engine             aquatic_udp, io_uring
+# udp-epoll-vs-aquatic-mio    epoll engine                aquatic_udp, mio
+# udp-epoll-vs-null-mmsg      epoll engine                null tracker, recvmmsg
+# http-uring-vs-null          io_uring, keep-alive        null HTTP server
+# http-epoll-vs-null          epoll, keep-alive           null HTTP server
+# http-uring-vs-aquatic       io_uring, keep-alive        aquatic_http
+# http-close-vs-opentracker   io_uring, no keep-alive     opentracker
+# udp-hooks                   io_uring, all four hooks    io_uring, no hooks
+# http-hooks                  io_uring, all four hooks    io_uring, no hooks
+#
+# HAYATE (default target/release/hayate) is the binary; BASELINE, when set, replaces A in the
+# *-hooks comparisons by another hayate binary (e.g. a build from before a change).
+# Output: the harness's per-pair lines and `ratio_*` lines, under a `=== NAME` header.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH=${BENCH:-$ROOT/../shared/bench}
+HAYATE=${HAYATE:-$ROOT/target/release/hayate}
+BASELINE=${BASELINE:-$HAYATE}
+export REPEATS=${REPEATS:-5} DURATION=${DURATION:-20}
+CONF=$(mktemp -d)
+trap 'rm -rf "$CONF"' EXIT
+
+[ -x "$HAYATE" ] || (cd "$ROOT" && cargo build --release --locked)
+"$BENCH/references.sh" install >&2
+
+# config NAME ENGINE PROTO PORT [hooks]
+config() {
+  local file="$CONF/$1.yaml"
+  {
+    echo "workers: 1"
+    echo "engine: $2"
+    echo "log: {level: warn}"
+    echo "metrics: {enabled: false}"
+    if [ "$3" = udp ]; then
+      echo "udp: {bind: [\"127.0.0.1:$4\"], connection_id_secret: \"00112233445566778899aabbccddeeff\"}"
+      echo "http: {enabled: false}"
+    else
+      echo "udp: {enabled: false}"
+      echo "http: {bind: [\"127.0.0.1:$4\"], max_connections: 20000}"
+    fi
+    if [ "${5:-}" = hooks ]; then
+      # Every hook that can run under the load testers, each letting the load through, so the
+      # whole chain runs on every request (jwt needs a signed token per request, which they
+      # cannot send; its cost is one signature check, measured apart).
+      echo "prehooks:"
+      echo "  - {name: client_approval, options: {deny: [\"-XX0000-\"]}}"
+      echo "  - {name: torrent_approval, options: {mode: deny, hashes: [\"$(printf '00%.0s' {1..20})\"]}}"
+      echo "posthooks:"
+      echo "  - {name: interval_variation, options: {modify_response_probability: 0.5}}"
+    fi
+  } >"$file"
+  echo "$file"
+}
+
+ref() { "$BENCH/references.sh" cmd "$@"; }
+
+run() {
+  local name=$1
+  echo "=== $name"
+  case $name in
+    udp-uring-vs-null) A=$(ref null-udp-uring 3000); B="$HAYATE --config $(config b io_uring udp 3000)"; P=udp ;;
+    udp-uring-vs-null-mmsg) A=$(ref null-udp-mmsg 3000); B="$HAYATE --config $(config b io_uring udp 3000)"; P=udp ;;
+    udp-uring-vs-aquatic) A=$(ref aquatic_udp 3000); B="$HAYATE --config $(config b io_uring udp 3000)"; P=udp ;;
+    udp-epoll-vs-aquatic-mio) A=$(ref aquatic_udp_mio 3000); B="$HAYATE --config $(config b epoll udp 3000)"; P=udp ;;
+    udp-epoll-vs-null-mmsg) A=$(ref null-udp-mmsg 3000); B="$HAYATE --config $(config b epoll udp 3000)"; P=udp ;;
+    http-uring-vs-null) A=$(ref null-http 3001); B="$HAYATE --config $(config b io_uring http 3001)"; P=http ;;
+    http-epoll-vs-null) A=$(ref null-http 3001); B="$HAYATE --config $(config b epoll http 3001)"; P=http ;;
+    http-uring-vs-aquatic) A=$(ref aquatic_http 3001); B="$HAYATE --config $(config b io_uring http 3001)"; P=http ;;
+    http-close-vs-opentracker) A=$(ref opentracker-http 3001); B="$HAYATE --config $(config b io_uring http 3001)"; P=http-close ;;
+    udp-hooks) A="$BASELINE --config $(config a io_uring udp 3000)"; B="$HAYATE --config $(config b io_uring udp 3000 hooks)"; P=udp ;;
+    http-hooks) A="$BASELINE --config $(config a io_uring http 3001)"; B="$HAYATE --config $(config b io_uring http 3001 hooks)"; P=http ;;
+    *) echo "unknown comparison $name" >&2; return 1 ;;
+  esac
+  case $P in
+    udp) MODE=compare TRACKER_CMD_A="$A" TRACKER_CMD_B="$B" "$BENCH/udp_bench.sh" ;;
+    http) MODE=compare TRACKER_CMD_A="$A" TRACKER_CMD_B="$B" "$BENCH/http_bench.sh" ;;
+    http-close) MODE=compare KEEP_ALIVE=false TRACKER_CMD_A="$A" TRACKER_CMD_B="$B" "$BENCH/http_bench.sh" ;;
+  esac 2>&1 | grep -E "^(pair|ratio|#)"
+}
+
+if [ $# -eq 0 ]; then
+  set -- udp-uring-vs-null udp-uring-vs-null-mmsg udp-uring-vs-aquatic udp-epoll-vs-aquatic-mio \
+    udp-epoll-vs-null-mmsg http-uring-vs-null http-epoll-vs-null http-uring-vs-aquatic \
+    http-close-vs-opentracker udp-hooks http-hooks
+fi
+for name in "$@"; do run "$name"; done

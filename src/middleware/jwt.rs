@@ -1,0 +1,569 @@
+//! Admits an announce only with a JSON Web Token for its torrent: Quay's scheme for private
+//! torrents, as Chihaya's `jwt` middleware checks it. The announce URL carries `jwt=<token>`
+//! (HTTP query, or UDP BEP 41 URL data), signed RS256 or ES256 by a key of a JWK set, issued by
+//! `issuer` for `audience`, with an `infohash` claim naming the torrent.
+//!
+//! The key set is loaded at start (a failure then stops hayate), refreshed in the background
+//! and on SIGHUP, and swapped atomically: the hot path never fetches and never waits on a
+//! refresh. A refresh that fails keeps the old keys, logs why and counts the failure.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use parking_lot::Mutex;
+use percent_encoding::percent_decode;
+use serde::Deserialize;
+
+use super::{PreHook, RequestContext};
+use crate::bittorrent::{AnnounceRequest, ClientError, InfoHash};
+use crate::clock::Clock;
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtConfig {
+    /// The `iss` every token must carry.
+    pub issuer: String,
+    /// A value the token's `aud` must hold (a string, or one of a list).
+    pub audience: String,
+    /// The JWK set, from a file...
+    pub jwks_file: Option<PathBuf>,
+    /// ...or from an http:// or https:// URL. Exactly one of the two.
+    pub jwks_url: Option<String>,
+    /// How often the key set is reloaded (seconds).
+    pub refresh_interval_secs: u64,
+    /// How long one fetch of `jwks_url` may take (seconds).
+    pub fetch_timeout_secs: u64,
+    /// Clock skew allowed on `exp` and `nbf` (seconds).
+    pub leeway_secs: u64,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            issuer: String::new(),
+            audience: String::new(),
+            jwks_file: None,
+            jwks_url: None,
+            refresh_interval_secs: 300,
+            fetch_timeout_secs: 5,
+            leeway_secs: 0,
+        }
+    }
+}
+
+impl JwtConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.issuer.is_empty() {
+            return Err("`issuer` is required".into());
+        }
+        if self.audience.is_empty() {
+            return Err("`audience` is required".into());
+        }
+        match (&self.jwks_file, &self.jwks_url) {
+            (Some(_), Some(_)) => return Err("set `jwks_file` or `jwks_url`, not both".into()),
+            (None, None) => return Err("set `jwks_file` or `jwks_url`".into()),
+            (None, Some(url)) => check_url(url)?,
+            (Some(_), None) => {}
+        }
+        if self.refresh_interval_secs == 0 {
+            return Err("`refresh_interval_secs` must be at least 1".into());
+        }
+        if self.fetch_timeout_secs == 0 {
+            return Err("`fetch_timeout_secs` must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+fn check_url(url: &str) -> Result<(), String> {
+    let bad = || format!("`jwks_url` `{url}` is not an http:// or https:// URL");
+    let uri: ureq::http::Uri = url.parse().map_err(|_| bad())?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(host)) if !host.is_empty() => Ok(()),
+        _ => Err(bad()),
+    }
+}
+
+/// An http:// URL to another machine (loopback is a sidecar, or a test).
+fn is_plain_http_off_host(url: &str) -> bool {
+    let Ok(uri) = url.parse::<ureq::http::Uri>() else {
+        return false;
+    };
+    let host = uri.host().unwrap_or("");
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    uri.scheme_str() == Some("http") && !loopback
+}
+
+/// Largest JWK set accepted: a set of a few keys is a few KiB.
+const MAX_JWKS_BYTES: u64 = 1 << 20;
+
+enum KeySource {
+    File(PathBuf),
+    Url { url: String, agent: ureq::Agent },
+}
+
+impl KeySource {
+    fn fetch(&self) -> anyhow::Result<Vec<u8>> {
+        match self {
+            KeySource::File(path) => {
+                std::fs::read(path).with_context(|| format!("read {}", path.display()))
+            }
+            KeySource::Url { url, agent } => {
+                let mut response = agent
+                    .get(url.as_str())
+                    .call()
+                    .with_context(|| format!("fetch {url}"))?;
+                response
+                    .body_mut()
+                    .with_config()
+                    .limit(MAX_JWKS_BYTES)
+                    .read_to_vec()
+                    .with_context(|| format!("read the body of {url}"))
+            }
+        }
+    }
+}
+
+/// A verification key, and the one algorithm it verifies: a token naming another algorithm
+/// is refused, so no key is ever used with an algorithm it was not published for.
+#[derive(Debug)]
+struct Key {
+    decoding: DecodingKey,
+    alg: Algorithm,
+}
+
+/// Keys by `kid`.
+type KeySet = HashMap<String, Key>;
+
+/// The key an entry of a JWK set gives, or why it gives none.
+fn usable_key(jwk: &Jwk) -> Result<(String, Key), &'static str> {
+    let kid = jwk.common.key_id.clone().ok_or("no `kid`")?;
+    if matches!(&jwk.common.public_key_use, Some(u) if *u != PublicKeyUse::Signature) {
+        return Err("not a signing key (`use`)");
+    }
+    let alg = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
+        _ => return Err("neither RSA nor EC P-256"),
+    };
+    if let Some(declared) = jwk.common.key_algorithm {
+        // A key published for RS512 (say) must not verify RS256 tokens.
+        if declared != KeyAlgorithm::from(alg) {
+            return Err("its `alg` is neither RS256 nor ES256");
+        }
+    }
+    let decoding = DecodingKey::from_jwk(jwk).map_err(|_| "malformed key parameters")?;
+    Ok((kid, Key { decoding, alg }))
+}
+
+/// Parses a JWK set. Entries are parsed one by one, so a key of a kind we do not use (an
+/// encryption key, an Ed25519 key, an `alg` jsonwebtoken does not know) is skipped rather than
+/// making the whole set unusable. Returns the keys and a note for each entry skipped.
+fn parse_jwks(bytes: &[u8]) -> anyhow::Result<(KeySet, Vec<String>)> {
+    #[derive(Deserialize)]
+    struct RawSet {
+        keys: Vec<serde_json::Value>,
+    }
+    let raw: RawSet = serde_json::from_slice(bytes).context("not a JWK set")?;
+    let mut keys = KeySet::new();
+    let mut skipped = Vec::new();
+    for (i, entry) in raw.keys.into_iter().enumerate() {
+        let kid = entry.get("kid").and_then(|k| k.as_str()).map(str::to_owned);
+        let name = match &kid {
+            Some(kid) => format!("key `{kid}`"),
+            None => format!("keys[{i}]"),
+        };
+        let parsed = serde_json::from_value::<Jwk>(entry)
+            .map_err(|_| "not a JWK jsonwebtoken knows")
+            .and_then(|jwk| usable_key(&jwk));
+        match parsed {
+            Ok((kid, key)) => {
+                if let Entry::Vacant(slot) = keys.entry(kid) {
+                    slot.insert(key);
+                } else {
+                    skipped.push(format!("{name}: a second key with this `kid`"));
+                }
+            }
+            Err(why) => skipped.push(format!("{name}: {why}")),
+        }
+    }
+    if keys.is_empty() {
+        anyhow::bail!(
+            "no usable key (RSA or EC P-256, for signing, with a `kid`){}",
+            skipped.iter().map(|s| format!("; {s}")).collect::<String>()
+        );
+    }
+    Ok((keys, skipped))
+}
+
+fn sorted_kids(keys: &KeySet) -> Vec<&str> {
+    let mut kids: Vec<&str> = keys.keys().map(String::as_str).collect();
+    kids.sort_unstable();
+    kids
+}
+
+struct Shared {
+    keys: ArcSwap<KeySet>,
+    source: KeySource,
+    failures: Arc<AtomicU64>,
+    /// A SIGHUP during a timed refresh must not let the older fetch land last.
+    refreshing: Mutex<()>,
+}
+
+impl Shared {
+    fn refresh(&self) -> anyhow::Result<()> {
+        let _one_at_a_time = self.refreshing.lock();
+        let bytes = self.source.fetch()?;
+        let (keys, skipped) = parse_jwks(&bytes)?;
+        let old = self.keys.load();
+        // Logged only when the set changes, so a refresh every few minutes stays quiet.
+        if sorted_kids(&old) != sorted_kids(&keys) {
+            tracing::info!(kids = ?sorted_kids(&keys), "jwt: JWK set loaded");
+            for note in &skipped {
+                tracing::warn!("jwt: JWK set entry skipped: {note}");
+            }
+        }
+        self.keys.store(Arc::new(keys));
+        Ok(())
+    }
+
+    fn refresh_or_log(&self) {
+        if let Err(e) = self.refresh() {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("jwt: JWK set not refreshed, keeping the old keys: {e:#}");
+        }
+    }
+}
+
+/// Refreshes on the interval; stops when the hook is dropped.
+fn refresh_every(shared: Weak<Shared>, every: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("jwks-refresh".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                shared.refresh_or_log();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("jwt: cannot refresh the JWK set on a timer (SIGHUP still does): {e}");
+    }
+}
+
+/// The claims beyond those `Validation` checks. `exp` and `nbf` are checked here, against the
+/// tracker's clock: `Validation` reads the system clock, which tests cannot stop.
+#[derive(Deserialize)]
+struct Claims {
+    /// NumericDate, which may have a fraction.
+    exp: f64,
+    nbf: Option<f64>,
+    infohash: Option<String>,
+}
+
+pub struct Jwt {
+    shared: Arc<Shared>,
+    rs256: Validation,
+    es256: Validation,
+    clock: Clock,
+    leeway: f64,
+}
+
+impl Jwt {
+    /// Loads the keys; a key set that cannot be had now is an error, not a warning.
+    pub fn new(config: &JwtConfig, clock: &Clock) -> anyhow::Result<Self> {
+        config.validate().map_err(anyhow::Error::msg)?;
+        let source = match (&config.jwks_file, &config.jwks_url) {
+            (Some(path), _) => KeySource::File(path.clone()),
+            (None, Some(url)) => {
+                if is_plain_http_off_host(url) {
+                    tracing::warn!(
+                        "jwt: `jwks_url` is plain http: anyone on the path can swap the keys \
+                         and forge tokens; prefer https"
+                    );
+                }
+                KeySource::Url {
+                    url: url.clone(),
+                    agent: ureq::Agent::new_with_config(
+                        ureq::Agent::config_builder()
+                            .timeout_global(Some(Duration::from_secs(config.fetch_timeout_secs)))
+                            .user_agent(concat!("hayate/", env!("CARGO_PKG_VERSION")))
+                            .build(),
+                    ),
+                }
+            }
+            (None, None) => unreachable!("validated"),
+        };
+        let shared = Arc::new(Shared {
+            keys: ArcSwap::from_pointee(KeySet::new()),
+            source,
+            failures: Arc::new(AtomicU64::new(0)),
+            refreshing: Mutex::new(()),
+        });
+        shared.refresh().context("load the JWK set")?;
+        refresh_every(
+            Arc::downgrade(&shared),
+            Duration::from_secs(config.refresh_interval_secs),
+        );
+
+        // One per algorithm: jsonwebtoken refuses a `Validation` listing an algorithm of
+        // another family than the key's.
+        let validation = |alg| {
+            let mut v = Validation::new(alg);
+            v.set_required_spec_claims(&["exp", "iss", "aud"]);
+            v.set_issuer(&[&config.issuer]);
+            v.set_audience(&[&config.audience]);
+            v.validate_exp = false;
+            v.validate_nbf = false;
+            v
+        };
+        Ok(Jwt {
+            shared,
+            rs256: validation(Algorithm::RS256),
+            es256: validation(Algorithm::ES256),
+            clock: clock.clone(),
+            leeway: config.leeway_secs as f64,
+        })
+    }
+
+    /// JWK set refreshes that failed since start (the keys before them stayed in use).
+    pub fn jwks_refresh_failures(&self) -> u64 {
+        self.shared.failures.load(Ordering::Relaxed)
+    }
+
+    fn check(&self, token: &[u8], info_hash: &InfoHash) -> Result<(), ClientError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| INVALID)?;
+        let kid = header.kid.as_deref().ok_or(INVALID)?;
+        let keys = self.shared.keys.load();
+        let key = keys.get(kid).ok_or(UNKNOWN_KEY)?;
+        if header.alg != key.alg {
+            return Err(INVALID);
+        }
+        let validation = match key.alg {
+            Algorithm::ES256 => &self.es256,
+            _ => &self.rs256,
+        };
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.decoding, validation)
+            .map_err(|e| {
+                tracing::debug!(kid, error = %e, "jwt refused");
+                INVALID
+            })?
+            .claims;
+        let now = f64::from(self.clock.now());
+        if now >= claims.exp + self.leeway {
+            return Err(EXPIRED);
+        }
+        if claims.nbf.is_some_and(|nbf| now + self.leeway < nbf) {
+            return Err(NOT_YET_VALID);
+        }
+        let claimed = claims.infohash.ok_or(INVALID)?;
+        if !infohash_claim_matches(&claimed, info_hash) {
+            return Err(OTHER_TORRENT);
+        }
+        Ok(())
+    }
+}
+
+const MISSING: ClientError = ClientError::new("missing jwt");
+const INVALID: ClientError = ClientError::new("invalid jwt");
+const EXPIRED: ClientError = ClientError::new("jwt expired");
+const NOT_YET_VALID: ClientError = ClientError::new("jwt not yet valid");
+const OTHER_TORRENT: ClientError = ClientError::new("jwt for another torrent");
+const UNKNOWN_KEY: ClientError = ClientError::new("jwt signed by an unknown key");
+
+/// The `jwt` parameter of a URL's query, percent-decoded; the first one wins.
+fn token_in(url: &[u8]) -> Option<Cow<'_, [u8]>> {
+    let start = url.iter().position(|&b| b == b'?')? + 1;
+    let value = url[start..]
+        .split(|&b| b == b'&')
+        .find_map(|pair| pair.strip_prefix(b"jwt="))?;
+    (!value.is_empty()).then(|| percent_decode(value).into())
+}
+
+/// Quay issues the info hash as 40 hex characters; Chihaya compares the claim as the 20 raw
+/// bytes, or as those bytes query-escaped. All three are accepted: they cannot be confused,
+/// since a hex claim is 40 bytes long and holds no `%`.
+fn infohash_claim_matches(claim: &str, info_hash: &InfoHash) -> bool {
+    let hash = &info_hash.0;
+    if claim.len() == 40 {
+        let hex = claim.as_bytes().chunks(2).map(|pair| {
+            std::str::from_utf8(pair)
+                .ok()
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+        });
+        if hex.eq(hash.iter().map(|&b| Some(b))) {
+            return true;
+        }
+    }
+    if claim.as_bytes() == hash {
+        return true;
+    }
+    // Go's url.QueryUnescape, which reads `+` as a space.
+    let plus_as_space = claim.replace('+', " ");
+    let unescaped: Cow<'_, [u8]> = percent_decode(plus_as_space.as_bytes()).into();
+    *unescaped == *hash
+}
+
+impl PreHook for Jwt {
+    fn name(&self) -> &'static str {
+        "jwt"
+    }
+
+    fn before_announce(
+        &self,
+        ctx: &RequestContext<'_>,
+        request: &mut AnnounceRequest,
+    ) -> Result<(), ClientError> {
+        let token = token_in(ctx.url).ok_or(MISSING)?;
+        self.check(&token, &request.info_hash)
+    }
+
+    // Scrapes are not checked, as in Chihaya: a scrape reveals only counts, and Quay's torrent
+    // files put the token in the announce URL, which clients do not reuse for scrapes.
+
+    // On the supervisor's thread, not a worker's; `fetch_timeout_secs` bounds the wait.
+    fn reload(&self) {
+        self.shared.refresh_or_log();
+    }
+
+    fn jwks_refresh_failures(&self) -> Option<u64> {
+        Some(Jwt::jwks_refresh_failures(self))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_is_the_first_jwt_parameter_percent_decoded() {
+        let token = |url: &str| token_in(url.as_bytes()).map(|t| t.into_owned());
+        assert_eq!(
+            token("/announce?info_hash=%AA&jwt=a.b%2Ec&jwt=x").as_deref(),
+            Some(&b"a.b.c"[..])
+        );
+        assert_eq!(token("/announce?jwt=t").as_deref(), Some(&b"t"[..]));
+        assert_eq!(token("?port=1&jwt=t&left=0").as_deref(), Some(&b"t"[..]));
+        assert_eq!(token("/announce?jwt="), None, "empty is missing");
+        assert_eq!(token("/announce?xjwt=t&jwtx=u"), None);
+        assert_eq!(token("/announce/jwt=t"), None, "only in the query");
+        assert_eq!(token(""), None);
+    }
+
+    #[test]
+    fn the_infohash_claim_may_be_hex_raw_or_query_escaped() {
+        let hash = InfoHash(*b"0123456789abcdefghi\xff");
+        let hex: String = hash.0.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(infohash_claim_matches(&hex, &hash));
+        assert!(infohash_claim_matches(&hex.to_uppercase(), &hash));
+        assert!(infohash_claim_matches("0123456789abcdefghi%FF", &hash));
+        let ascii = InfoHash(*b"0123456789 bcdefghij");
+        assert!(infohash_claim_matches("0123456789 bcdefghij", &ascii));
+        assert!(infohash_claim_matches("0123456789+bcdefghij", &ascii));
+        assert!(!infohash_claim_matches(&"00".repeat(20), &hash));
+        assert!(!infohash_claim_matches("", &hash));
+    }
+
+    #[test]
+    fn a_jwk_set_keeps_signing_keys_with_a_kid_and_skips_the_rest() {
+        // The public EC P-256 key of RFC 7517, appendix A.1.
+        let ec = |extra: &str| {
+            format!(
+                r#"{{"kty":"EC","crv":"P-256","x":"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4","y":"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM"{extra}}}"#
+            )
+        };
+        let set = format!(
+            r#"{{"keys":[{},{},{},{},{},{},{{"kty":"oct","k":"c2VjcmV0","kid":"hmac"}},{{"kty":"weird","kid":"w"}}]}}"#,
+            ec(r#","kid":"good","use":"sig","alg":"ES256""#),
+            ec(r#","kid":"good""#),
+            ec(""),
+            ec(r#","kid":"enc","use":"enc""#),
+            ec(r#","kid":"es384","alg":"ES384""#),
+            ec(r#","kid":"bare""#),
+        );
+        let (keys, skipped) = parse_jwks(set.as_bytes()).unwrap();
+        assert_eq!(sorted_kids(&keys), ["bare", "good"]);
+        assert_eq!(keys["good"].alg, Algorithm::ES256);
+        assert_eq!(skipped.len(), 6, "{skipped:?}");
+        let err = parse_jwks(br#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"hmac"}]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no usable key") && err.contains("hmac"),
+            "{err}"
+        );
+        assert!(parse_jwks(b"<html>").is_err());
+    }
+
+    #[test]
+    fn plain_http_is_flagged_unless_on_this_host() {
+        assert!(is_plain_http_off_host("http://keys.example/jwks.json"));
+        assert!(!is_plain_http_off_host("https://keys.example/jwks.json"));
+        assert!(!is_plain_http_off_host("http://127.0.0.1:8080/jwks.json"));
+        assert!(!is_plain_http_off_host("http://[::1]:8080/jwks.json"));
+        assert!(!is_plain_http_off_host("http://localhost/jwks.json"));
+    }
+
+    #[test]
+    fn the_config_needs_one_key_source_and_a_web_url() {
+        let config = JwtConfig {
+            issuer: "quay".into(),
+            audience: "tracker".into(),
+            jwks_url: Some("https://quay.example/keys".into()),
+            ..JwtConfig::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
+        let err = |c: JwtConfig| c.validate().unwrap_err();
+        assert!(
+            err(JwtConfig {
+                jwks_file: Some("keys.json".into()),
+                ..config.clone()
+            })
+            .contains("not both")
+        );
+        assert!(
+            err(JwtConfig {
+                jwks_url: Some("ftp://quay.example/keys".into()),
+                ..config.clone()
+            })
+            .contains("jwks_url")
+        );
+        assert!(
+            err(JwtConfig {
+                jwks_url: Some("keys.json".into()),
+                ..config.clone()
+            })
+            .contains("jwks_url")
+        );
+        assert!(
+            err(JwtConfig {
+                issuer: String::new(),
+                ..config.clone()
+            })
+            .contains("issuer")
+        );
+        assert!(
+            err(JwtConfig {
+                refresh_interval_secs: 0,
+                ..config
+            })
+            .contains("refresh_interval_secs")
+        );
+    }
+}
