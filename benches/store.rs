@@ -9,7 +9,11 @@ use hayate::bittorrent::{AnnounceEvent, AnnounceRequest, AnnounceResponse, InfoH
 use hayate::clock::Clock;
 use hayate::swarm::{SwarmLimits, SwarmStore};
 
-const LIMITS: SwarmLimits = SwarmLimits { max_torrents: 1 << 24, max_peers_per_torrent: 1 << 24, peer_lifetime_secs: 3600 };
+const LIMITS: SwarmLimits = SwarmLimits {
+    max_torrents: 1 << 24,
+    max_peers_per_torrent: 1 << 24,
+    peer_lifetime_secs: 3600,
+};
 
 fn info_hash(i: u32) -> InfoHash {
     let mut h = [0u8; 20];
@@ -38,7 +42,9 @@ fn filled(torrents: u32, peers_per_torrent: u32) -> SwarmStore {
     let mut response = AnnounceResponse::default();
     for t in 0..torrents {
         for p in 0..peers_per_torrent {
-            store.announce(&request(t, p), 0, false, &mut response).unwrap();
+            store
+                .announce(&request(t, p), 0, false, &mut response)
+                .unwrap();
         }
     }
     store
@@ -56,11 +62,30 @@ fn announce(c: &mut Criterion) {
             b.iter(|| {
                 i = i.wrapping_add(7919);
                 let req = request(i % torrents, i % peers);
-                store.announce(black_box(&req), 50, true, &mut response).unwrap();
+                store
+                    .announce(black_box(&req), 50, true, &mut response)
+                    .unwrap();
             })
         });
     }
+    // A new peer joins a small swarm and leaves again: the cost of growing and shrinking
+    // a swarm, which steady re-announces never pay.
     let store = filled(100_000, 10);
+    let mut i = 0u32;
+    c.bench_function("store/join_and_leave_small_swarms_100k_x_10", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(7919);
+            let mut req = request(i % 100_000, 10 + i % 1000);
+            req.event = AnnounceEvent::Started;
+            store
+                .announce(black_box(&req), 50, true, &mut response)
+                .unwrap();
+            req.event = AnnounceEvent::Stopped;
+            store
+                .announce(black_box(&req), 50, true, &mut response)
+                .unwrap();
+        })
+    });
     let mut i = 0u32;
     c.bench_function("store/scrape_100k_x_10", |b| {
         b.iter(|| {
@@ -69,7 +94,11 @@ fn announce(c: &mut Criterion) {
         })
     });
     c.bench_function("store/clean_10k_x_10_nothing_expired", |b| {
-        b.iter_batched(|| filled(10_000, 10), |s| s.clean(), BatchSize::PerIteration)
+        b.iter_batched(
+            || filled(10_000, 10),
+            |s| s.clean(),
+            BatchSize::PerIteration,
+        )
     });
 }
 

@@ -1,8 +1,10 @@
 //! The lock-striped in-memory swarm store: the only shared mutable state of the hot path.
 //!
 //! Torrents live in a power-of-two number of shards, each a `Mutex<HashMap>`, chosen by the
-//! info hash. Each torrent keeps its IPv4 and IPv6 peers in separate maps, so IPv4 keys stay
-//! 6 bytes and a family's peers are taken without filtering.
+//! info hash. Each torrent keeps its IPv4 and IPv6 peers apart, so IPv4 keys stay 6 bytes and
+//! a family's peers are taken without filtering; the IPv6 peers sit behind a box that most
+//! torrents never allocate. Memory per peer is what limits how many peers one machine holds,
+//! so the layout is measured (`benches/store.rs`) rather than left to default collections.
 
 mod observer;
 mod peer_map;
@@ -15,12 +17,12 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 pub use observer::SwarmObserver;
-pub use peer_map::PeerMap;
 
 use crate::bittorrent::{
-    AnnounceEvent, AnnounceRequest, AnnounceResponse, ClientError, InfoHash, ScrapeStats,
+    AnnounceEvent, AnnounceRequest, AnnounceResponse, ClientError, InfoHash, PeerId, ScrapeStats,
 };
 use crate::clock::Clock;
+use peer_map::{PeerKey, PeerMap, PeerMapFull, V4Key, V6Key};
 
 type Shard = std::collections::HashMap<InfoHash, Torrent, foldhash::fast::RandomState>;
 
@@ -31,25 +33,96 @@ pub struct SwarmLimits {
     pub peer_lifetime_secs: u32,
 }
 
+/// 32 bytes, beside its 20-byte key in the shard's table: the seeder counts live here rather
+/// than in the peer maps so that no field is padded out to the next 8 bytes.
 #[derive(Default)]
 struct Torrent {
-    v4: PeerMap<std::net::Ipv4Addr>,
-    v6: PeerMap<std::net::Ipv6Addr>,
-    /// Completed downloads seen: one per peer that announced `completed`.
-    downloaded: u64,
+    v4: PeerMap<V4Key>,
+    /// `None` whenever there are no IPv6 peers, so IPv4-only torrents pay 8 bytes for them.
+    v6: Option<Box<V6Peers>>,
+    v4_seeders: u32,
+    /// Completed downloads seen: one per peer that announced `completed` (saturating; no
+    /// torrent comes near four billion).
+    downloaded: u32,
+}
+
+const _: () = assert!(size_of::<Torrent>() == 32);
+
+#[derive(Default)]
+struct V6Peers {
+    peers: PeerMap<V6Key>,
+    seeders: u32,
+}
+
+/// Adds or refreshes a peer and keeps `seeders` in step.
+#[allow(clippy::too_many_arguments)]
+fn upsert<K: PeerKey>(
+    peers: &mut PeerMap<K>,
+    seeders: &mut u32,
+    key: K,
+    peer_id: PeerId,
+    seeder: bool,
+    completed: bool,
+    expires_at: u32,
+    max: usize,
+) -> Result<bool, PeerMapFull> {
+    let upserted = peers.upsert(key, peer_id, seeder, completed, expires_at, max)?;
+    *seeders = *seeders - u32::from(upserted.was_seeder == Some(true)) + u32::from(seeder);
+    Ok(upserted.newly_completed)
 }
 
 impl Torrent {
     fn is_empty(&self) -> bool {
-        self.v4.is_empty() && self.v6.is_empty()
+        self.v4.is_empty() && self.v6.is_none()
     }
 
     fn stats(&self) -> ScrapeStats {
+        let (v6_len, v6_seeders) = self
+            .v6
+            .as_ref()
+            .map_or((0, 0), |v6| (v6.peers.len(), v6.seeders));
+        let complete = self.v4_seeders + v6_seeders;
         ScrapeStats {
-            complete: self.v4.seeders() + self.v6.seeders(),
-            incomplete: self.v4.leechers() + self.v6.leechers(),
-            downloaded: self.downloaded,
+            complete,
+            incomplete: (self.v4.len() + v6_len) as u32 - complete,
+            downloaded: u64::from(self.downloaded),
         }
+    }
+
+    fn remove(&mut self, peer: SocketAddr) {
+        match peer {
+            SocketAddr::V4(a) => {
+                if let Some(seeder) = self.v4.remove(V4Key::new(*a.ip(), a.port())) {
+                    self.v4_seeders -= u32::from(seeder);
+                }
+            }
+            SocketAddr::V6(a) => {
+                if let Some(v6) = &mut self.v6
+                    && let Some(seeder) = v6.peers.remove(V6Key::new(*a.ip(), a.port()))
+                {
+                    v6.seeders -= u32::from(seeder);
+                    if v6.peers.is_empty() {
+                        self.v6 = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes expired peers; returns how many.
+    fn expire(&mut self, now: u32) -> usize {
+        let v4 = self.v4.expire(now);
+        self.v4_seeders -= v4.seeders;
+        let mut removed = v4.peers;
+        if let Some(v6) = &mut self.v6 {
+            let expired = v6.peers.expire(now);
+            v6.seeders -= expired.seeders;
+            removed += expired.peers;
+            if v6.peers.is_empty() {
+                self.v6 = None;
+            }
+        }
+        removed
     }
 }
 
@@ -125,10 +198,7 @@ impl SwarmStore {
 
         if stopped {
             if let Some(torrent) = shard.get_mut(&request.info_hash) {
-                match peer {
-                    SocketAddr::V4(a) => torrent.v4.remove(*a.ip(), a.port()),
-                    SocketAddr::V6(a) => torrent.v6.remove(*a.ip(), a.port()),
-                };
+                torrent.remove(peer);
                 let stats = torrent.stats();
                 (response.complete, response.incomplete) = (stats.complete, stats.incomplete);
             }
@@ -155,29 +225,39 @@ impl SwarmStore {
             .saturating_add(self.limits.peer_lifetime_secs);
         let completed = request.event == AnnounceEvent::Completed;
         let max = self.limits.max_peers_per_torrent;
+        let seeder = request.is_seeder();
         let upserted = match peer {
-            SocketAddr::V4(a) => torrent.v4.upsert(
-                *a.ip(),
-                a.port(),
+            SocketAddr::V4(a) => upsert(
+                &mut torrent.v4,
+                &mut torrent.v4_seeders,
+                V4Key::new(*a.ip(), a.port()),
                 request.peer_id,
-                request.is_seeder(),
+                seeder,
                 completed,
                 expires_at,
                 max,
             ),
-            SocketAddr::V6(a) => torrent.v6.upsert(
-                *a.ip(),
-                a.port(),
-                request.peer_id,
-                request.is_seeder(),
-                completed,
-                expires_at,
-                max,
-            ),
+            SocketAddr::V6(a) => {
+                let v6 = torrent.v6.get_or_insert_with(Box::default);
+                let upserted = upsert(
+                    &mut v6.peers,
+                    &mut v6.seeders,
+                    V6Key::new(*a.ip(), a.port()),
+                    request.peer_id,
+                    seeder,
+                    completed,
+                    expires_at,
+                    max,
+                );
+                if v6.peers.is_empty() {
+                    torrent.v6 = None;
+                }
+                upserted
+            }
         };
         let newly_completed = match upserted {
             Ok(c) => c,
-            Err(peer_map::PeerMapFull) => {
+            Err(PeerMapFull) => {
                 if torrent.is_empty() {
                     shard.remove(&request.info_hash);
                     self.torrent_count.fetch_sub(1, Ordering::Relaxed);
@@ -186,29 +266,27 @@ impl SwarmStore {
             }
         };
         if newly_completed {
-            torrent.downloaded += 1;
+            torrent.downloaded = torrent.downloaded.saturating_add(1);
         }
         let stats = torrent.stats();
         (response.complete, response.incomplete) = (stats.complete, stats.incomplete);
+        let v6 = torrent.v6.as_deref().map(|v6| &v6.peers);
         match peer {
             SocketAddr::V4(a) => {
-                torrent
-                    .v4
-                    .select(Some((*a.ip(), a.port())), numwant, &mut response.peers);
-                if both_families {
-                    torrent
-                        .v6
-                        .select(None, numwant - response.peers.len(), &mut response.peers);
+                let own = V4Key::new(*a.ip(), a.port());
+                torrent.v4.select(Some(own), numwant, &mut response.peers);
+                if both_families && let Some(v6) = v6 {
+                    v6.select(None, numwant - response.peers.len(), &mut response.peers);
                 }
             }
             SocketAddr::V6(a) => {
-                torrent
-                    .v6
-                    .select(Some((*a.ip(), a.port())), numwant, &mut response.peers);
+                if let Some(v6) = v6 {
+                    let own = V6Key::new(*a.ip(), a.port());
+                    v6.select(Some(own), numwant, &mut response.peers);
+                }
                 if both_families {
-                    torrent
-                        .v4
-                        .select(None, numwant - response.peers.len(), &mut response.peers);
+                    let rest = numwant - response.peers.len();
+                    torrent.v4.select(None, rest, &mut response.peers);
                 }
             }
         }
@@ -218,7 +296,7 @@ impl SwarmStore {
                 &request.info_hash,
                 peer,
                 &request.peer_id,
-                request.is_seeder(),
+                seeder,
                 expires_at,
             );
         }
@@ -238,7 +316,7 @@ impl SwarmStore {
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
             shard.retain(|_, torrent| {
-                report.peers_removed += torrent.v4.expire(now) + torrent.v6.expire(now);
+                report.peers_removed += torrent.expire(now);
                 if torrent.is_empty() {
                     report.torrents_removed += 1;
                     false
@@ -274,8 +352,11 @@ impl SwarmStore {
     pub fn contains_peer(&self, info_hash: &InfoHash, ip: IpAddr, port: u16) -> bool {
         let shard = self.shard(info_hash).lock();
         shard.get(info_hash).is_some_and(|t| match ip {
-            IpAddr::V4(v4) => t.v4.contains(v4, port),
-            IpAddr::V6(v6) => t.v6.contains(v6, port),
+            IpAddr::V4(v4) => t.v4.contains(V4Key::new(v4, port)),
+            IpAddr::V6(v6) => {
+                t.v6.as_ref()
+                    .is_some_and(|v6s| v6s.peers.contains(V6Key::new(v6, port)))
+            }
         })
     }
 }

@@ -223,3 +223,325 @@ fn an_observer_sees_announces_and_stops() {
         vec!["announced 10.0.0.1:1 true", "removed 10.0.0.1:1"]
     );
 }
+
+/// Whether the torrent's peers of one family are kept indexed (rather than as a short list).
+fn is_large(s: &SwarmStore, info_hash: &InfoHash, v6: bool) -> bool {
+    let shard = s.shard(info_hash).lock();
+    let torrent = &shard[info_hash];
+    if v6 {
+        torrent.v6.as_ref().is_some_and(|v6| v6.peers.is_large())
+    } else {
+        torrent.v4.is_large()
+    }
+}
+
+fn host(v6: bool, i: usize) -> String {
+    if v6 {
+        format!("2001:db8::{:x}", i + 1)
+    } else {
+        format!("10.1.{}.{}", i / 200, i % 200 + 1)
+    }
+}
+
+/// Peer `i` of a family announces with a peer id of its own.
+fn nth(v6: bool, i: usize, left: u64, event: AnnounceEvent) -> AnnounceRequest {
+    let mut req = request(&host(v6, i), 1000 + i as u16, left, event);
+    req.peer_id = PeerId([i as u8 ^ u8::from(v6) << 7; 20]);
+    req
+}
+
+fn roomy_store() -> SwarmStore {
+    store_with(SwarmLimits {
+        max_torrents: 10,
+        max_peers_per_torrent: 10_000,
+        peer_lifetime_secs: 60,
+    })
+}
+
+/// Every listed peer is another stored peer, listed once, with the id it announced.
+fn assert_peers_valid(s: &SwarmStore, req: &AnnounceRequest, response: &AnnounceResponse) {
+    let own = SocketAddr::new(req.peer_ip, req.port);
+    let mut seen = HashSet::new();
+    for peer in &response.peers {
+        assert_ne!(peer.addr, own, "the announcing peer is never listed");
+        assert!(seen.insert(peer.addr), "{} listed twice", peer.addr);
+        assert!(s.contains_peer(&req.info_hash, peer.addr.ip(), peer.addr.port()));
+        let i = usize::from(peer.addr.port() - 1000);
+        assert_eq!(
+            peer.peer_id,
+            PeerId([i as u8 ^ u8::from(peer.addr.is_ipv6()) << 7; 20])
+        );
+    }
+}
+
+#[test]
+fn a_swarm_grows_into_an_index_and_shrinks_back_into_a_list_in_both_families() {
+    for v6 in [false, true] {
+        let s = roomy_store();
+        let hash = InfoHash([1; 20]);
+        let n = peer_map::SMALL_MAX + 40;
+        for i in 0..n {
+            let req = nth(v6, i, (i % 3) as u64, AnnounceEvent::Started);
+            let r = announce(&s, &req, 200);
+            assert_eq!(
+                r.peers.len(),
+                i,
+                "everyone else, with numwant above the swarm"
+            );
+            assert_peers_valid(&s, &req, &r);
+            assert_eq!(is_large(&s, &hash, v6), i + 1 > peer_map::SMALL_MAX);
+        }
+        let seeders = (0..n).filter(|i| i % 3 == 0).count() as u32;
+        let stats = s.scrape(&hash);
+        assert_eq!(
+            (stats.complete, stats.incomplete),
+            (seeders, n as u32 - seeders)
+        );
+        // Re-announces find their entries through the index, and the ids come back.
+        for i in (0..n).step_by(7) {
+            let req = nth(v6, i, 1, AnnounceEvent::None);
+            let r = announce(&s, &req, 30);
+            assert_eq!(r.peers.len(), 30);
+            assert_peers_valid(&s, &req, &r);
+        }
+        // Leaving, from the front, the back and the middle, down to the list again.
+        let mut left: Vec<usize> = (0..n).collect();
+        while left.len() > 3 {
+            let i = left.remove((left.len() * 5 / 7) % left.len());
+            let r = announce(&s, &nth(v6, i, 1, AnnounceEvent::Stopped), 50);
+            assert_eq!(r.complete + r.incomplete, left.len() as u32);
+            assert!(!s.contains_peer(&hash, host(v6, i).parse().unwrap(), 1000 + i as u16));
+            assert_eq!(
+                is_large(&s, &hash, v6),
+                left.len() > peer_map::SMALL_AGAIN,
+                "{} peers left",
+                left.len()
+            );
+            for &j in &left {
+                assert!(s.contains_peer(&hash, host(v6, j).parse().unwrap(), 1000 + j as u16));
+            }
+        }
+        // And it grows again.
+        for i in n..n + peer_map::SMALL_MAX {
+            announce(&s, &nth(v6, i, 1, AnnounceEvent::None), 50);
+        }
+        assert!(is_large(&s, &hash, v6));
+        assert_eq!(
+            s.totals().leechers + s.totals().seeders,
+            3 + peer_map::SMALL_MAX as u64
+        );
+    }
+}
+
+#[test]
+fn expiry_in_an_indexed_swarm_keeps_the_index_and_goes_back_to_a_list() {
+    for v6 in [false, true] {
+        let s = roomy_store();
+        let hash = InfoHash([1; 20]);
+        for i in 0..100 {
+            announce(&s, &nth(v6, i, 0, AnnounceEvent::None), 0);
+        }
+        s.clock().advance(30);
+        for i in 100..200 {
+            announce(&s, &nth(v6, i, 5, AnnounceEvent::None), 0);
+        }
+        s.clock().advance(31);
+        let report = s.clean();
+        assert_eq!((report.peers_removed, report.torrents_removed), (100, 0));
+        assert!(is_large(&s, &hash, v6));
+        let stats = s.scrape(&hash);
+        assert_eq!((stats.complete, stats.incomplete), (0, 100));
+        for i in 0..200 {
+            let ip = host(v6, i).parse().unwrap();
+            assert_eq!(s.contains_peer(&hash, ip, 1000 + i as u16), i >= 100);
+        }
+        // Ten of the rest re-announce in time; after the others expire it is a list again.
+        s.clock().advance(20);
+        for i in 150..160 {
+            announce(&s, &nth(v6, i, 0, AnnounceEvent::None), 0);
+        }
+        s.clock().advance(20);
+        assert_eq!(s.clean().peers_removed, 90);
+        assert!(!is_large(&s, &hash, v6));
+        let req = nth(v6, 150, 0, AnnounceEvent::None);
+        let r = announce(&s, &req, 50);
+        assert_eq!((r.complete, r.incomplete, r.peers.len()), (10, 0, 9));
+        assert_peers_valid(&s, &req, &r);
+        s.clock().advance(61);
+        let report = s.clean();
+        assert_eq!((report.peers_removed, report.torrents_removed), (10, 1));
+        assert_eq!(s.totals(), StoreTotals::default());
+    }
+}
+
+#[test]
+fn completed_counts_once_per_peer_whichever_representation_holds_it() {
+    let s = roomy_store();
+    let hash = InfoHash([1; 20]);
+    announce(&s, &nth(false, 0, 0, AnnounceEvent::Completed), 0);
+    for i in 1..=peer_map::SMALL_MAX + 1 {
+        announce(&s, &nth(false, i, 5, AnnounceEvent::None), 0);
+    }
+    assert!(is_large(&s, &hash, false));
+    announce(&s, &nth(false, 0, 0, AnnounceEvent::Completed), 0);
+    announce(&s, &nth(false, 1, 0, AnnounceEvent::Completed), 0);
+    assert_eq!(s.scrape(&hash).downloaded, 2);
+    for i in 2..=peer_map::SMALL_MAX + 1 {
+        announce(&s, &nth(false, i, 5, AnnounceEvent::Stopped), 0);
+    }
+    assert!(!is_large(&s, &hash, false));
+    announce(&s, &nth(false, 0, 0, AnnounceEvent::Completed), 0);
+    announce(&s, &nth(false, 1, 0, AnnounceEvent::Completed), 0);
+    let stats = s.scrape(&hash);
+    assert_eq!(
+        (stats.complete, stats.incomplete, stats.downloaded),
+        (2, 0, 2)
+    );
+}
+
+#[test]
+fn a_re_announce_replaces_the_stored_peer_id() {
+    let s = store();
+    announce(&s, &request("10.0.0.1", 1, 5, AnnounceEvent::None), 50);
+    let mut changed = request("10.0.0.1", 1, 5, AnnounceEvent::None);
+    changed.peer_id = PeerId([0xee; 20]);
+    announce(&s, &changed, 50);
+    let r = announce(&s, &request("10.0.0.2", 2, 5, AnnounceEvent::None), 50);
+    assert_eq!(r.peers.len(), 1);
+    assert_eq!(r.peers[0].peer_id, PeerId([0xee; 20]));
+}
+
+#[test]
+fn a_refused_peer_leaves_no_empty_torrent_in_either_family() {
+    let s = store_with(SwarmLimits {
+        max_torrents: 10,
+        max_peers_per_torrent: 0,
+        peer_lifetime_secs: 60,
+    });
+    for ip in ["10.0.0.1", "::1"] {
+        let mut response = AnnounceResponse::default();
+        let err = s.announce(
+            &request(ip, 1, 5, AnnounceEvent::None),
+            50,
+            true,
+            &mut response,
+        );
+        assert_eq!(err, Err(TORRENT_FULL));
+        assert_eq!(s.totals(), StoreTotals::default());
+        assert_eq!(s.torrent_count.load(Ordering::Relaxed), 0);
+    }
+}
+
+/// The store against a plain map, over random announces, stops, expiries and cleans that
+/// take both families back and forth across the list/index threshold and into the limit.
+#[test]
+fn random_operations_agree_with_a_simple_model() {
+    const MAX: usize = peer_map::SMALL_MAX * 2;
+    let s = store_with(SwarmLimits {
+        max_torrents: 10,
+        max_peers_per_torrent: MAX,
+        peer_lifetime_secs: 60,
+    });
+    let hash = InfoHash([1; 20]);
+    // Address -> (seeder, completed, expires_at).
+    let mut model: std::collections::HashMap<SocketAddr, (bool, bool, u32)> = Default::default();
+    // A torrent (and its count of downloads) lives until a clean finds it empty.
+    let (mut exists, mut downloaded) = (false, 0);
+    // The test is only as good as the states it reaches: (family, indexed) pairs, and full.
+    let mut reached = HashSet::new();
+    let mut rng = fastrand::Rng::with_seed(7);
+    for step in 0..20_000 {
+        let v6 = rng.bool();
+        let i = rng.usize(..MAX * 2);
+        // Phases of joining and of leaving, so the swarm crosses the thresholds many times.
+        let stops = if step / 2000 % 2 == 0 { 1 } else { 12 };
+        let event = match rng.u8(..20) {
+            n if n < stops => AnnounceEvent::Stopped,
+            18 => AnnounceEvent::Completed,
+            19 => AnnounceEvent::Started,
+            _ => AnnounceEvent::None,
+        };
+        let req = nth(v6, i, rng.u64(..2), event);
+        let addr = SocketAddr::new(req.peer_ip, req.port);
+        let numwant = rng.usize(..MAX);
+        let both = rng.bool();
+        let mut response = AnnounceResponse::default();
+        let result = s.announce(&req, numwant, both, &mut response);
+        let family = |m: &std::collections::HashMap<SocketAddr, (bool, bool, u32)>, six: bool| {
+            m.keys().filter(|a| a.is_ipv6() == six).count()
+        };
+        if event == AnnounceEvent::Stopped {
+            model.remove(&addr);
+            assert_eq!(result, Ok(()));
+        } else if !model.contains_key(&addr) && family(&model, v6) >= MAX {
+            assert_eq!(result, Err(TORRENT_FULL), "step {step}");
+            reached.insert("full");
+        } else {
+            assert_eq!(result, Ok(()), "step {step}");
+            let was_completed = model.get(&addr).is_some_and(|&(_, c, _)| c);
+            let completed = event == AnnounceEvent::Completed;
+            downloaded += u64::from(completed && !was_completed);
+            let expires_at = s.clock().now() + 60;
+            model.insert(
+                addr,
+                (req.is_seeder(), completed || was_completed, expires_at),
+            );
+            exists = true;
+            let own = family(&model, v6) - 1;
+            let mut expected = own.min(numwant);
+            if both {
+                expected += family(&model, !v6).min(numwant - expected);
+            }
+            assert_eq!(response.peers.len(), expected, "step {step}");
+            assert!(
+                response.peers[..own.min(numwant)]
+                    .iter()
+                    .all(|p| p.addr.is_ipv6() == v6)
+            );
+            assert_peers_valid(&s, &req, &response);
+        }
+        if rng.u8(..100) == 0 {
+            s.clock().advance(rng.u32(..30));
+            let now = s.clock().now();
+            let before = model.len();
+            model.retain(|_, (_, _, expires_at)| *expires_at >= now);
+            let report = s.clean();
+            assert_eq!(report.peers_removed, before - model.len(), "step {step}");
+            let removed = exists && model.is_empty();
+            assert_eq!(report.torrents_removed, usize::from(removed), "step {step}");
+            if removed {
+                (exists, downloaded) = (false, 0);
+            }
+        }
+        let stats = s.scrape(&hash);
+        let seeders = model.values().filter(|(seeder, _, _)| *seeder).count() as u32;
+        assert_eq!(stats.complete, seeders, "step {step}");
+        assert_eq!(
+            stats.incomplete,
+            model.len() as u32 - seeders,
+            "step {step}"
+        );
+        assert_eq!(stats.downloaded, downloaded, "step {step}");
+        assert_eq!(s.totals().torrents, usize::from(exists), "step {step}");
+        assert!(s.contains_peer(&hash, req.peer_ip, req.port) == model.contains_key(&addr));
+        if exists {
+            reached.insert(match (v6, is_large(&s, &hash, v6)) {
+                (false, false) => "v4 list",
+                (false, true) => "v4 index",
+                (true, false) => "v6 list",
+                (true, true) => "v6 index",
+            });
+        }
+    }
+    assert_eq!(reached.len(), 5, "reached only {reached:?}");
+    for v6 in [false, true] {
+        for i in 0..MAX * 2 {
+            let ip: IpAddr = host(v6, i).parse().unwrap();
+            let addr = SocketAddr::new(ip, 1000 + i as u16);
+            assert_eq!(
+                s.contains_peer(&hash, ip, addr.port()),
+                model.contains_key(&addr)
+            );
+        }
+    }
+}
