@@ -15,11 +15,13 @@
 # http-epoll-vs-null          epoll, keep-alive           null HTTP server
 # http-uring-vs-aquatic       io_uring, keep-alive        aquatic_http
 # http-close-vs-opentracker   io_uring, no keep-alive     opentracker
-# udp-hooks                   io_uring, all four hooks    io_uring, no hooks
-# http-hooks                  io_uring, all four hooks    io_uring, no hooks
+# udp-hooks                   io_uring, hooks on          io_uring, no hooks
+# http-hooks                  io_uring, hooks on          io_uring, no hooks
+# udp-vs-baseline             io_uring, no hooks          BASELINE, io_uring, no hooks
+# http-vs-baseline            io_uring, no hooks          BASELINE, io_uring, no hooks
 #
-# HAYATE (default target/release/hayate) is the binary; BASELINE, when set, replaces A in the
-# *-hooks comparisons by another hayate binary (e.g. a build from before a change).
+# HAYATE (default target/release/hayate) is the binary; BASELINE is another hayate binary (e.g.
+# a build from before a change) for the *-vs-baseline comparisons.
 # Output: the harness's per-pair lines and `ratio_*` lines, under a `=== NAME` header.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -40,7 +42,8 @@ config() {
     echo "workers: 1"
     echo "engine: $2"
     echo "log: {level: warn}"
-    echo "metrics: {enabled: false}"
+    # Builds from before the metrics listener existed refuse the key.
+    [ "$1" = base ] || echo "metrics: {enabled: false}"
     if [ "$3" = udp ]; then
       echo "udp: {bind: [\"127.0.0.1:$4\"], connection_id_secret: \"00112233445566778899aabbccddeeff\"}"
       echo "http: {enabled: false}"
@@ -77,8 +80,10 @@ run() {
     http-epoll-vs-null) A=$(ref null-http 3001); B="$HAYATE --config $(config b epoll http 3001)"; P=http ;;
     http-uring-vs-aquatic) A=$(ref aquatic_http 3001); B="$HAYATE --config $(config b io_uring http 3001)"; P=http ;;
     http-close-vs-opentracker) A=$(ref opentracker-http 3001); B="$HAYATE --config $(config b io_uring http 3001)"; P=http-close ;;
-    udp-hooks) A="$BASELINE --config $(config a io_uring udp 3000)"; B="$HAYATE --config $(config b io_uring udp 3000 hooks)"; P=udp ;;
-    http-hooks) A="$BASELINE --config $(config a io_uring http 3001)"; B="$HAYATE --config $(config b io_uring http 3001 hooks)"; P=http ;;
+    udp-hooks) A="$HAYATE --config $(config a io_uring udp 3000)"; B="$HAYATE --config $(config b io_uring udp 3000 hooks)"; P=udp ;;
+    http-hooks) A="$HAYATE --config $(config a io_uring http 3001)"; B="$HAYATE --config $(config b io_uring http 3001 hooks)"; P=http ;;
+    udp-vs-baseline) A="$BASELINE --config $(config base io_uring udp 3000)"; B="$HAYATE --config $(config b io_uring udp 3000)"; P=udp ;;
+    http-vs-baseline) A="$BASELINE --config $(config base io_uring http 3001)"; B="$HAYATE --config $(config b io_uring http 3001)"; P=http ;;
     *) echo "unknown comparison $name" >&2; return 1 ;;
   esac
   case $P in
@@ -91,6 +96,6 @@ run() {
 if [ $# -eq 0 ]; then
   set -- udp-uring-vs-null udp-uring-vs-null-mmsg udp-uring-vs-aquatic udp-epoll-vs-aquatic-mio \
     udp-epoll-vs-null-mmsg http-uring-vs-null http-epoll-vs-null http-uring-vs-aquatic \
-    http-close-vs-opentracker udp-hooks http-hooks
+    http-close-vs-opentracker udp-hooks http-hooks udp-vs-baseline http-vs-baseline
 fi
 for name in "$@"; do run "$name"; done

@@ -270,23 +270,51 @@ impl SwarmStore {
         }
         let stats = torrent.stats();
         (response.complete, response.incomplete) = (stats.complete, stats.incomplete);
-        let v6 = torrent.v6.as_deref().map(|v6| &v6.peers);
+        // A seeder is sent leechers only (and nothing when there are none): it has nothing to
+        // exchange with other seeders, and the smaller reply is cheaper for both sides.
+        let seeder = request.is_seeder();
+        let v4_wanted = !seeder || torrent.v4.len() > torrent.v4_seeders as usize;
+        let v6 = torrent
+            .v6
+            .as_deref()
+            .filter(|v6| !seeder || v6.peers.len() > v6.seeders as usize)
+            .map(|v6| &v6.peers);
+        let v4 = v4_wanted.then_some(&torrent.v4);
         match peer {
             SocketAddr::V4(a) => {
-                let own = V4Key::new(*a.ip(), a.port());
-                torrent.v4.select(Some(own), numwant, &mut response.peers);
+                if let Some(v4) = v4 {
+                    v4.select(
+                        Some(V4Key::new(*a.ip(), a.port())),
+                        numwant,
+                        seeder,
+                        &mut response.peers,
+                    );
+                }
                 if both_families && let Some(v6) = v6 {
-                    v6.select(None, numwant - response.peers.len(), &mut response.peers);
+                    v6.select(
+                        None,
+                        numwant - response.peers.len(),
+                        seeder,
+                        &mut response.peers,
+                    );
                 }
             }
             SocketAddr::V6(a) => {
                 if let Some(v6) = v6 {
-                    let own = V6Key::new(*a.ip(), a.port());
-                    v6.select(Some(own), numwant, &mut response.peers);
+                    v6.select(
+                        Some(V6Key::new(*a.ip(), a.port())),
+                        numwant,
+                        seeder,
+                        &mut response.peers,
+                    );
                 }
-                if both_families {
-                    let rest = numwant - response.peers.len();
-                    torrent.v4.select(None, rest, &mut response.peers);
+                if both_families && let Some(v4) = v4 {
+                    v4.select(
+                        None,
+                        numwant - response.peers.len(),
+                        seeder,
+                        &mut response.peers,
+                    );
                 }
             }
         }

@@ -335,7 +335,14 @@ impl<K: PeerKey> PeerMap<K> {
 
     /// Appends up to `n` peers other than `exclude`, a window from a random position: much
     /// more cache-friendly than picking each peer at random, and as good for swarm health.
-    pub fn select(&self, exclude: Option<K>, n: usize, out: &mut Vec<ResponsePeer>) {
+    /// `leechers_only` for a seeder's announce: seeders have nothing to give each other.
+    pub fn select(
+        &self,
+        exclude: Option<K>,
+        n: usize,
+        leechers_only: bool,
+        out: &mut Vec<ResponsePeer>,
+    ) {
         let entries = self.entries();
         if entries.is_empty() || n == 0 {
             return;
@@ -343,7 +350,7 @@ impl<K: PeerKey> PeerMap<K> {
         let (after, before) = entries.split_at(fastrand::usize(..entries.len()));
         let mut taken = 0;
         for entry in before.iter().chain(after) {
-            if Some(entry.key) == exclude {
+            if Some(entry.key) == exclude || (leechers_only && entry.seeder()) {
                 continue;
             }
             out.push(ResponsePeer {

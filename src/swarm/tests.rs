@@ -283,11 +283,13 @@ fn a_swarm_grows_into_an_index_and_shrinks_back_into_a_list_in_both_families() {
         for i in 0..n {
             let req = nth(v6, i, (i % 3) as u64, AnnounceEvent::Started);
             let r = announce(&s, &req, 200);
-            assert_eq!(
-                r.peers.len(),
-                i,
-                "everyone else, with numwant above the swarm"
-            );
+            // Everyone else, with numwant above the swarm; a seeder (left 0) only the leechers.
+            let expected = if i % 3 == 0 {
+                (0..i).filter(|j| j % 3 != 0).count()
+            } else {
+                i
+            };
+            assert_eq!(r.peers.len(), expected);
             assert_peers_valid(&s, &req, &r);
             assert_eq!(is_large(&s, &hash, v6), i + 1 > peer_map::SMALL_MAX);
         }
@@ -363,9 +365,9 @@ fn expiry_in_an_indexed_swarm_keeps_the_index_and_goes_back_to_a_list() {
         s.clock().advance(20);
         assert_eq!(s.clean().peers_removed, 90);
         assert!(!is_large(&s, &hash, v6));
-        let req = nth(v6, 150, 0, AnnounceEvent::None);
+        let req = nth(v6, 150, 5, AnnounceEvent::None);
         let r = announce(&s, &req, 50);
-        assert_eq!((r.complete, r.incomplete, r.peers.len()), (10, 0, 9));
+        assert_eq!((r.complete, r.incomplete, r.peers.len()), (9, 1, 9));
         assert_peers_valid(&s, &req, &r);
         s.clock().advance(61);
         let report = s.clean();
@@ -487,10 +489,19 @@ fn random_operations_agree_with_a_simple_model() {
                 (req.is_seeder(), completed || was_completed, expires_at),
             );
             exists = true;
-            let own = family(&model, v6) - 1;
+            // Others of a family the reply may list: a seeder is sent leechers only.
+            let eligible = |six: bool| {
+                model
+                    .iter()
+                    .filter(|&(a, &(seeder, _, _))| {
+                        a.is_ipv6() == six && *a != addr && !(req.is_seeder() && seeder)
+                    })
+                    .count()
+            };
+            let own = eligible(v6);
             let mut expected = own.min(numwant);
             if both {
-                expected += family(&model, !v6).min(numwant - expected);
+                expected += eligible(!v6).min(numwant - expected);
             }
             assert_eq!(response.peers.len(), expected, "step {step}");
             assert!(
@@ -544,4 +555,33 @@ fn random_operations_agree_with_a_simple_model() {
             );
         }
     }
+}
+
+#[test]
+fn a_seeder_is_sent_leechers_only_and_a_leecher_everyone() {
+    let s = store();
+    announce(&s, &request("10.0.0.1", 1, 0, AnnounceEvent::None), 50);
+    announce(&s, &request("10.0.0.2", 2, 0, AnnounceEvent::None), 50);
+    announce(&s, &request("::3", 3, 7, AnnounceEvent::None), 50);
+    announce(&s, &request("10.0.0.4", 4, 7, AnnounceEvent::None), 50);
+    let seeder = announce(&s, &request("10.0.0.5", 5, 0, AnnounceEvent::None), 50);
+    let mut ports: Vec<u16> = seeder.peers.iter().map(|p| p.addr.port()).collect();
+    ports.sort_unstable();
+    assert_eq!(ports, vec![3, 4], "both families' leechers, no seeders");
+    assert_eq!(
+        (seeder.complete, seeder.incomplete),
+        (3, 2),
+        "the counts still cover everyone"
+    );
+    let leecher = announce(&s, &request("10.0.0.6", 6, 7, AnnounceEvent::None), 50);
+    assert_eq!(leecher.peers.len(), 5);
+    // With no leecher left, a seeder gets nobody.
+    announce(&s, &request("::3", 3, 7, AnnounceEvent::Stopped), 50);
+    announce(&s, &request("10.0.0.4", 4, 7, AnnounceEvent::Stopped), 50);
+    announce(&s, &request("10.0.0.6", 6, 7, AnnounceEvent::Stopped), 50);
+    assert!(
+        announce(&s, &request("10.0.0.5", 5, 0, AnnounceEvent::None), 50)
+            .peers
+            .is_empty()
+    );
 }
