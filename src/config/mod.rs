@@ -178,7 +178,7 @@ impl Default for IoUringConfig {
     fn default() -> Self {
         IoUringConfig {
             ring_entries: 4096,
-            udp_recv_buffers: 4096,
+            udp_recv_buffers: 1024,
             udp_send_slots: 4096,
             http_recv_buffers: 1024,
             http_recv_buffer_bytes: 4096,
