@@ -11,10 +11,10 @@ use anyhow::Context;
 
 use crate::clock::Clock;
 use crate::config::{Config, EngineKind};
-use crate::engine::Shutdown;
 use crate::engine::epoll::{EpollSettings, EpollWorker};
 use crate::engine::sockets::{SocketOptions, bind_all};
 use crate::engine::uring::{self, RingSettings, UringWorker};
+use crate::engine::{HttpLimits, Shutdown};
 use crate::handler::{Handlers, HttpHandler, Tracker, UdpHandler};
 use crate::metrics::Metrics;
 use crate::middleware::Middleware;
@@ -94,9 +94,9 @@ pub fn start(
     let shutdown = Arc::new(Shutdown::default());
     let metrics = Arc::new(Metrics::default());
     let (events_tx, events) = channel();
-    let engine = choose_engine(config)?;
-    let max_connections_per_worker = config.http.max_connections.div_ceil(workers);
-    let idle_timeout = Duration::from_secs(u64::from(config.http.idle_timeout_secs));
+    let http_limits = HttpLimits::new(&config.http, workers);
+    let ring = ring_settings(config, http_limits);
+    let engine = choose_engine(config, &ring)?;
     let (ready_tx, ready_rx) = channel::<anyhow::Result<()>>();
     for (i, worker_sockets) in sockets.workers.into_iter().enumerate() {
         let name = format!("worker-{i:02}");
@@ -114,9 +114,7 @@ pub fn start(
             EngineKind::Epoll => {
                 let settings = EpollSettings {
                     udp_batch_size: config.udp.batch_size,
-                    max_connections_per_worker,
-                    max_request_bytes: config.http.max_request_bytes,
-                    idle_timeout,
+                    http: http_limits,
                 };
                 let worker =
                     EpollWorker::new(worker_sockets, handlers(), settings, shutdown.clone())?;
@@ -126,12 +124,8 @@ pub fn start(
                 })
             }
             EngineKind::IoUring | EngineKind::Auto => {
-                let worker = UringWorker::new(
-                    worker_sockets,
-                    handlers(),
-                    ring_settings(config),
-                    shutdown.clone(),
-                )?;
+                let worker =
+                    UringWorker::new(worker_sockets, handlers(), ring.clone(), shutdown.clone())?;
                 Box::new(move || worker.run(|r| drop(ready.send(r))))
             }
         };
@@ -192,14 +186,14 @@ pub fn start(
 
 /// The engine to run: `auto` probes io_uring and falls back to epoll, saying why; an explicit
 /// `io_uring` that cannot start is an error with the reason.
-pub fn choose_engine(config: &Config) -> anyhow::Result<EngineKind> {
+pub fn choose_engine(config: &Config, ring: &RingSettings) -> anyhow::Result<EngineKind> {
     match config.engine {
         EngineKind::Epoll => Ok(EngineKind::Epoll),
-        EngineKind::IoUring => match uring::probe(&ring_settings(config)) {
+        EngineKind::IoUring => match uring::probe(ring) {
             Ok(()) => Ok(EngineKind::IoUring),
             Err(reason) => anyhow::bail!("engine io_uring cannot start: {reason}"),
         },
-        EngineKind::Auto => match uring::probe(&ring_settings(config)) {
+        EngineKind::Auto => match uring::probe(ring) {
             Ok(()) => Ok(EngineKind::IoUring),
             Err(reason) => {
                 tracing::warn!("io_uring unavailable, using epoll: {reason}");
@@ -216,9 +210,8 @@ fn engine_label(engine: EngineKind) -> &'static str {
     }
 }
 
-fn ring_settings(config: &Config) -> RingSettings {
+fn ring_settings(config: &Config, http: HttpLimits) -> RingSettings {
     let ring = &config.io_uring;
-    let workers = config.worker_count();
     RingSettings {
         ring_entries: ring.ring_entries,
         udp_recv_buffers: ring.udp_recv_buffers,
@@ -226,9 +219,7 @@ fn ring_settings(config: &Config) -> RingSettings {
         http_recv_buffers: ring.http_recv_buffers,
         http_recv_buffer_bytes: ring.http_recv_buffer_bytes,
         defer_taskrun: ring.defer_taskrun,
-        max_connections_per_worker: config.http.max_connections.div_ceil(workers),
-        max_request_bytes: config.http.max_request_bytes,
-        idle_timeout: Duration::from_secs(u64::from(config.http.idle_timeout_secs)),
+        http,
     }
 }
 

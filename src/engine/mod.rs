@@ -8,3 +8,26 @@ pub mod sockets;
 pub mod uring;
 
 pub use shutdown::{Shutdown, Wake};
+
+use std::time::Duration;
+
+use crate::config::HttpConfig;
+
+/// The HTTP connection limits every engine enforces, derived once from config.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    pub max_connections_per_worker: usize,
+    pub max_request_bytes: usize,
+    pub idle_timeout: Duration,
+}
+
+impl HttpLimits {
+    /// `max_connections` is for the process; each of `workers` gets an even share.
+    pub fn new(config: &HttpConfig, workers: usize) -> Self {
+        HttpLimits {
+            max_connections_per_worker: config.max_connections.div_ceil(workers),
+            max_request_bytes: config.max_request_bytes,
+            idle_timeout: Duration::from_secs(u64::from(config.idle_timeout_secs)),
+        }
+    }
+}

@@ -30,9 +30,9 @@ impl HttpConnections {
     pub fn new(settings: &EpollSettings) -> Self {
         HttpConnections {
             slab: Slab::new(),
-            max: settings.max_connections_per_worker,
-            max_request_bytes: settings.max_request_bytes,
-            idle_timeout: settings.idle_timeout,
+            max: settings.http.max_connections_per_worker,
+            max_request_bytes: settings.http.max_request_bytes,
+            idle_timeout: settings.http.idle_timeout,
             read_buffer: vec![0; 16 * 1024].into_boxed_slice(),
         }
     }

@@ -14,16 +14,14 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use self::http::HttpConnections;
 use self::udp::MmsgBatch;
 use super::sockets::WorkerSockets;
-use super::{Shutdown, Wake};
+use super::{HttpLimits, Shutdown, Wake};
 use crate::handler::{Handlers, HttpHandler, UdpHandler};
 
 /// Engine settings a worker needs.
 #[derive(Clone, Debug)]
 pub struct EpollSettings {
     pub udp_batch_size: usize,
-    pub max_connections_per_worker: usize,
-    pub max_request_bytes: usize,
-    pub idle_timeout: Duration,
+    pub http: HttpLimits,
 }
 
 const WAKER: Token = Token(usize::MAX);

@@ -56,9 +56,9 @@ impl HttpConnections {
             bufs,
             first_listener: first_listener as u32,
             slab: Slab::new(),
-            max: settings.max_connections_per_worker,
-            max_request_bytes: settings.max_request_bytes,
-            idle_timeout: settings.idle_timeout,
+            max: settings.http.max_connections_per_worker,
+            max_request_bytes: settings.http.max_request_bytes,
+            idle_timeout: settings.http.idle_timeout,
         };
         for listener in 0..listeners {
             http.arm_accept(listener, queue);

@@ -18,7 +18,7 @@ use self::http::HttpConnections;
 pub use self::probe::probe;
 use self::udp::UdpSockets;
 use super::sockets::WorkerSockets;
-use super::{Shutdown, Wake};
+use super::{HttpLimits, Shutdown, Wake};
 use crate::handler::{Handlers, HttpHandler, UdpHandler};
 
 /// Ring and buffer sizes; from config.
@@ -30,9 +30,7 @@ pub struct RingSettings {
     pub http_recv_buffers: u16,
     pub http_recv_buffer_bytes: usize,
     pub defer_taskrun: bool,
-    pub max_connections_per_worker: usize,
-    pub max_request_bytes: usize,
-    pub idle_timeout: Duration,
+    pub http: HttpLimits,
 }
 
 impl RingSettings {
