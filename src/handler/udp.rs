@@ -9,7 +9,7 @@ use crate::bittorrent::{
 };
 use crate::metrics::{Action, WorkerMetrics};
 use crate::middleware::RequestContext;
-use crate::protocol::udp::request::scrape_hashes;
+use crate::protocol::udp::request::{announce_info_hash, scrape_hashes};
 use crate::protocol::udp::response::{write_announce, write_connect, write_error, write_scrape};
 use crate::protocol::udp::{UdpAnnounce, UdpDecodeError, UdpRequest, decode};
 
@@ -35,6 +35,16 @@ impl UdpHandler {
             url: Vec::new(),
             info_hashes: Vec::new(),
             stats: Vec::new(),
+        }
+    }
+
+    /// Starts fetching what answering `packet` will need from memory. Engines call it for every
+    /// datagram of a received batch before handling the first, so that the cache misses of
+    /// the batch's announces overlap rather than add up (measured: about half an announce's
+    /// time in the store goes to missing the torrent table with a million torrents).
+    pub fn prefetch(&self, packet: &[u8]) {
+        if let Some(info_hash) = announce_info_hash(packet) {
+            self.tracker.store.prefetch(&info_hash);
         }
     }
 

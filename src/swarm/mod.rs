@@ -8,23 +8,23 @@
 
 mod observer;
 mod peer_map;
+mod torrent_table;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
-
 pub use observer::SwarmObserver;
 
 use crate::bittorrent::{
-    AnnounceEvent, AnnounceRequest, AnnounceResponse, ClientError, InfoHash, PeerId, ScrapeStats,
+    AnnounceEvent, AnnounceRequest, AnnounceResponse, ClientError, InfoHash, ScrapeStats,
 };
 use crate::clock::Clock;
-use peer_map::{PeerKey, PeerMap, PeerMapFull, V4Key, V6Key};
+use peer_map::{PeerMap, PeerMapFull, V4Key, V6Key};
+use torrent_table::{Hasher, LockedTable};
 
-type Shard = std::collections::HashMap<InfoHash, Torrent, foldhash::fast::RandomState>;
+type Shard = LockedTable<Torrent>;
 
 #[derive(Clone, Copy, Debug)]
 pub struct SwarmLimits {
@@ -54,23 +54,6 @@ struct V6Peers {
     seeders: u32,
 }
 
-/// Adds or refreshes a peer and keeps `seeders` in step.
-#[allow(clippy::too_many_arguments)]
-fn upsert<K: PeerKey>(
-    peers: &mut PeerMap<K>,
-    seeders: &mut u32,
-    key: K,
-    peer_id: PeerId,
-    seeder: bool,
-    completed: bool,
-    expires_at: u32,
-    max: usize,
-) -> Result<bool, PeerMapFull> {
-    let upserted = peers.upsert(key, peer_id, seeder, completed, expires_at, max)?;
-    *seeders = *seeders - u32::from(upserted.was_seeder == Some(true)) + u32::from(seeder);
-    Ok(upserted.newly_completed)
-}
-
 impl Torrent {
     fn is_empty(&self) -> bool {
         self.v4.is_empty() && self.v6.is_none()
@@ -92,18 +75,17 @@ impl Torrent {
     fn remove(&mut self, peer: SocketAddr) {
         match peer {
             SocketAddr::V4(a) => {
-                if let Some(seeder) = self.v4.remove(V4Key::new(*a.ip(), a.port())) {
-                    self.v4_seeders -= u32::from(seeder);
-                }
+                self.v4
+                    .remove(&mut self.v4_seeders, V4Key::new(*a.ip(), a.port()));
             }
             SocketAddr::V6(a) => {
                 if let Some(v6) = &mut self.v6
-                    && let Some(seeder) = v6.peers.remove(V6Key::new(*a.ip(), a.port()))
+                    && v6
+                        .peers
+                        .remove(&mut v6.seeders, V6Key::new(*a.ip(), a.port()))
+                    && v6.peers.is_empty()
                 {
-                    v6.seeders -= u32::from(seeder);
-                    if v6.peers.is_empty() {
-                        self.v6 = None;
-                    }
+                    self.v6 = None;
                 }
             }
         }
@@ -111,13 +93,9 @@ impl Torrent {
 
     /// Removes expired peers; returns how many.
     fn expire(&mut self, now: u32) -> usize {
-        let v4 = self.v4.expire(now);
-        self.v4_seeders -= v4.seeders;
-        let mut removed = v4.peers;
+        let mut removed = self.v4.expire(&mut self.v4_seeders, now);
         if let Some(v6) = &mut self.v6 {
-            let expired = v6.peers.expire(now);
-            v6.seeders -= expired.seeders;
-            removed += expired.peers;
+            removed += v6.peers.expire(&mut v6.seeders, now);
             if v6.peers.is_empty() {
                 self.v6 = None;
             }
@@ -143,7 +121,8 @@ pub struct StoreTotals {
 }
 
 pub struct SwarmStore {
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[Shard]>,
+    hasher: Hasher,
     torrent_count: AtomicUsize,
     limits: SwarmLimits,
     clock: Clock,
@@ -158,7 +137,8 @@ impl SwarmStore {
     pub fn new(shards: usize, limits: SwarmLimits, clock: Clock) -> Self {
         let n = shards.max(1).next_power_of_two();
         SwarmStore {
-            shards: (0..n).map(|_| Mutex::new(Shard::default())).collect(),
+            shards: (0..n).map(|_| Shard::default()).collect(),
+            hasher: Hasher::default(),
             torrent_count: AtomicUsize::new(0),
             limits,
             clock,
@@ -176,10 +156,17 @@ impl SwarmStore {
         &self.clock
     }
 
-    fn shard(&self, info_hash: &InfoHash) -> &Mutex<Shard> {
+    fn shard(&self, info_hash: &InfoHash) -> &Shard {
         // Info hashes are hashes already: their first bytes spread torrents evenly.
         let n = u64::from_le_bytes(info_hash.0[..8].try_into().expect("8 bytes"));
         &self.shards[n as usize & (self.shards.len() - 1)]
+    }
+
+    /// Brings the lines where `info_hash`'s torrent most likely is into the cache, without
+    /// waiting for them: engines call it for every announce of a received batch before
+    /// answering the first, so the batch's cache misses overlap.
+    pub fn prefetch(&self, info_hash: &InfoHash) {
+        self.shard(info_hash).prefetch(&self.hasher, info_hash);
     }
 
     /// Records the announce and fills `response` with counts and up to `numwant` other peers:
@@ -197,7 +184,7 @@ impl SwarmStore {
         let mut shard = self.shard(&request.info_hash).lock();
 
         if stopped {
-            if let Some(torrent) = shard.get_mut(&request.info_hash) {
+            if let Some(torrent) = shard.get_mut(&self.hasher, &request.info_hash) {
                 torrent.remove(peer);
                 let stats = torrent.stats();
                 (response.complete, response.incomplete) = (stats.complete, stats.incomplete);
@@ -209,16 +196,16 @@ impl SwarmStore {
             return Ok(());
         }
 
-        let torrent = match shard.get_mut(&request.info_hash) {
-            Some(t) => t,
-            None => {
-                if self.torrent_count.load(Ordering::Relaxed) >= self.limits.max_torrents {
-                    return Err(TRACKER_FULL);
-                }
-                self.torrent_count.fetch_add(1, Ordering::Relaxed);
-                shard.entry(request.info_hash).or_default()
-            }
-        };
+        let count = &self.torrent_count;
+        let max_torrents = self.limits.max_torrents;
+        let torrent = shard
+            .get_or_insert(&self.hasher, request.info_hash, || {
+                (count.load(Ordering::Relaxed) < max_torrents).then(|| {
+                    count.fetch_add(1, Ordering::Relaxed);
+                    Torrent::default()
+                })
+            })
+            .ok_or(TRACKER_FULL)?;
         let expires_at = self
             .clock
             .now()
@@ -227,8 +214,7 @@ impl SwarmStore {
         let max = self.limits.max_peers_per_torrent;
         let seeder = request.is_seeder();
         let upserted = match peer {
-            SocketAddr::V4(a) => upsert(
-                &mut torrent.v4,
+            SocketAddr::V4(a) => torrent.v4.upsert(
                 &mut torrent.v4_seeders,
                 V4Key::new(*a.ip(), a.port()),
                 request.peer_id,
@@ -239,8 +225,7 @@ impl SwarmStore {
             ),
             SocketAddr::V6(a) => {
                 let v6 = torrent.v6.get_or_insert_with(Box::default);
-                let upserted = upsert(
-                    &mut v6.peers,
+                let upserted = v6.peers.upsert(
                     &mut v6.seeders,
                     V6Key::new(*a.ip(), a.port()),
                     request.peer_id,
@@ -259,7 +244,7 @@ impl SwarmStore {
             Ok(c) => c,
             Err(PeerMapFull) => {
                 if torrent.is_empty() {
-                    shard.remove(&request.info_hash);
+                    shard.remove(&self.hasher, &request.info_hash);
                     self.torrent_count.fetch_sub(1, Ordering::Relaxed);
                 }
                 return Err(TORRENT_FULL);
@@ -278,20 +263,22 @@ impl SwarmStore {
             .v6
             .as_deref()
             .filter(|v6| !seeder || v6.peers.len() > v6.seeders as usize)
-            .map(|v6| &v6.peers);
-        let v4 = v4_wanted.then_some(&torrent.v4);
+            .map(|v6| (&v6.peers, v6.seeders));
+        let v4 = v4_wanted.then_some((&torrent.v4, torrent.v4_seeders));
         match peer {
             SocketAddr::V4(a) => {
-                if let Some(v4) = v4 {
+                if let Some((v4, seeders)) = v4 {
                     v4.select(
+                        seeders,
                         Some(V4Key::new(*a.ip(), a.port())),
                         numwant,
                         seeder,
                         &mut response.peers,
                     );
                 }
-                if both_families && let Some(v6) = v6 {
+                if both_families && let Some((v6, seeders)) = v6 {
                     v6.select(
+                        seeders,
                         None,
                         numwant - response.peers.len(),
                         seeder,
@@ -300,16 +287,18 @@ impl SwarmStore {
                 }
             }
             SocketAddr::V6(a) => {
-                if let Some(v6) = v6 {
+                if let Some((v6, seeders)) = v6 {
                     v6.select(
+                        seeders,
                         Some(V6Key::new(*a.ip(), a.port())),
                         numwant,
                         seeder,
                         &mut response.peers,
                     );
                 }
-                if both_families && let Some(v4) = v4 {
+                if both_families && let Some((v4, seeders)) = v4 {
                     v4.select(
+                        seeders,
                         None,
                         numwant - response.peers.len(),
                         seeder,
@@ -333,7 +322,10 @@ impl SwarmStore {
 
     pub fn scrape(&self, info_hash: &InfoHash) -> ScrapeStats {
         let shard = self.shard(info_hash).lock();
-        shard.get(info_hash).map(Torrent::stats).unwrap_or_default()
+        shard
+            .get(&self.hasher, info_hash)
+            .map(Torrent::stats)
+            .unwrap_or_default()
     }
 
     /// Removes expired peers and empty torrents, one shard lock at a time.
@@ -342,8 +334,7 @@ impl SwarmStore {
         let now = self.clock.now();
         let mut report = CleanReport::default();
         for shard in self.shards.iter() {
-            let mut shard = shard.lock();
-            shard.retain(|_, torrent| {
+            shard.lock().retain(&self.hasher, |torrent| {
                 report.peers_removed += torrent.expire(now);
                 if torrent.is_empty() {
                     report.torrents_removed += 1;
@@ -352,9 +343,6 @@ impl SwarmStore {
                     true
                 }
             });
-            if shard.capacity() > 64 && shard.len() < shard.capacity() / 4 {
-                shard.shrink_to_fit();
-            }
         }
         self.torrent_count
             .fetch_sub(report.torrents_removed, Ordering::Relaxed);
@@ -379,13 +367,15 @@ impl SwarmStore {
     /// Whether `ip` (v4 or v6) with `port` is stored for `info_hash`.
     pub fn contains_peer(&self, info_hash: &InfoHash, ip: IpAddr, port: u16) -> bool {
         let shard = self.shard(info_hash).lock();
-        shard.get(info_hash).is_some_and(|t| match ip {
-            IpAddr::V4(v4) => t.v4.contains(V4Key::new(v4, port)),
-            IpAddr::V6(v6) => {
-                t.v6.as_ref()
-                    .is_some_and(|v6s| v6s.peers.contains(V6Key::new(v6, port)))
-            }
-        })
+        shard
+            .get(&self.hasher, info_hash)
+            .is_some_and(|t| match ip {
+                IpAddr::V4(v4) => t.v4.contains(V4Key::new(v4, port)),
+                IpAddr::V6(v6) => {
+                    t.v6.as_ref()
+                        .is_some_and(|v6s| v6s.peers.contains(V6Key::new(v6, port)))
+                }
+            })
     }
 }
 

@@ -86,6 +86,10 @@ impl MmsgBatch {
                 };
             }
             let received = received as usize;
+            for i in 0..received {
+                let len = (self.recv_headers[i].msg_len as usize).min(MAX_UDP_REQUEST_BYTES);
+                handler.prefetch(&self.recv_buffers[i][..len]);
+            }
             self.send_to.clear();
             let mut answers = 0;
             for i in 0..received {

@@ -269,6 +269,11 @@ impl Ring {
                     .map(|c| (c.user_data(), c.result(), c.flags())),
             );
             for &(user_data, result, flags) in &completions {
+                if let Some((Op::UdpRecv, _)) = Op::decode(user_data) {
+                    self.udp.prefetch(result, flags, &self.udp_handler);
+                }
+            }
+            for &(user_data, result, flags) in &completions {
                 let Some((op, index)) = Op::decode(user_data) else {
                     continue;
                 };

@@ -19,7 +19,6 @@ pub fn probe(settings: &RingSettings) -> Result<(), String> {
         .map_err(|e| describe(&e, "IORING_REGISTER_PROBE"))?;
     let needed = [
         (opcode::RecvMsg::CODE, "RECVMSG"),
-        (opcode::SendMsg::CODE, "SENDMSG"),
         (opcode::Accept::CODE, "ACCEPT"),
         (opcode::Recv::CODE, "RECV"),
         (opcode::Send::CODE, "SEND"),
@@ -31,7 +30,8 @@ pub fn probe(settings: &RingSettings) -> Result<(), String> {
             return Err(format!("the kernel lacks IORING_OP_{name}"));
         }
     }
-    // Multishot accept and receive, and buffer rings, came with Linux 5.19 and 6.0.
+    // Multishot accept and receive, buffer rings, and IORING_OP_SEND with a destination
+    // address (sendto) came with Linux 5.19 and 6.0.
     let (major, minor) = kernel_version();
     if (major, minor) < (6, 0) {
         return Err(format!(

@@ -1,6 +1,7 @@
 //! UDP on io_uring: one multishot RecvMsgMulti per socket draws datagrams from a provided-buffer
-//! ring; each answer is a SendMsg from a preallocated slot, queued and submitted with the next
-//! wait. A datagram that arrives while every slot is in flight goes unanswered (the client
+//! ring; each answer is a Send with a destination address (sendto) from a preallocated slot,
+//! queued and submitted with the next wait. (Send rather than SendMsg: the kernel then copies
+//! no msghdr and imports no iovec per datagram.) A datagram that arrives while every slot is in flight goes unanswered (the client
 //! retries, as BEP 15 expects).
 
 use io_uring::{IoUring, cqueue, opcode, types};
@@ -15,11 +16,9 @@ const UDP_GROUP: u16 = 0;
 /// payload in each buffer.
 const RECV_BUFFER_BYTES: usize = 16 + 32 + MAX_UDP_REQUEST_BYTES;
 
-#[repr(C)]
 struct SendSlot {
-    header: libc::msghdr,
-    iov: libc::iovec,
     name: libc::sockaddr_in6,
+    name_len: libc::socklen_t,
     buf: Vec<u8>,
 }
 
@@ -57,20 +56,14 @@ impl UdpSockets {
         } else {
             settings.udp_send_slots
         };
-        let mut slots: Box<[SendSlot]> = (0..slot_count)
+        let slots: Box<[SendSlot]> = (0..slot_count)
             .map(|_| SendSlot {
-                // SAFETY: all-zero is a valid msghdr, iovec and sockaddr_in6.
-                header: unsafe { std::mem::zeroed() },
-                iov: unsafe { std::mem::zeroed() },
+                // SAFETY: all-zero is a valid sockaddr_in6.
                 name: unsafe { std::mem::zeroed() },
+                name_len: 0,
                 buf: Vec::with_capacity(1500),
             })
             .collect();
-        for slot in slots.iter_mut() {
-            slot.header.msg_iov = &raw mut slot.iov;
-            slot.header.msg_iovlen = 1;
-            slot.header.msg_name = (&raw mut slot.name).cast();
-        }
         let free = (0..slot_count as u32).rev().collect();
         let mut udp = UdpSockets {
             bufs,
@@ -117,6 +110,20 @@ impl UdpSockets {
         self.bufs.give_back(bid);
     }
 
+    /// The prefetch pass over a batch of completions (see [`UdpHandler::prefetch`]).
+    pub fn prefetch(&self, result: i32, flags: u32, handler: &UdpHandler) {
+        let Some(bid) = cqueue::buffer_select(flags) else {
+            return;
+        };
+        if result <= 0 {
+            return;
+        }
+        let data = self.bufs.buffer(bid, result as usize);
+        if let Ok(message) = types::RecvMsgOut::parse(data, &self.recv_header) {
+            handler.prefetch(message.payload_data());
+        }
+    }
+
     fn answer(
         &mut self,
         socket: usize,
@@ -151,12 +158,16 @@ impl UdpSockets {
                 name.len(),
             )
         };
-        slot.header.msg_namelen = name.len() as u32;
-        slot.iov.iov_base = slot.buf.as_mut_ptr().cast();
-        slot.iov.iov_len = slot.buf.len();
-        let entry = opcode::SendMsg::new(types::Fixed(socket as u32), &raw const slot.header)
-            .build()
-            .user_data(Op::UdpSend.data(index as usize));
+        slot.name_len = name.len() as libc::socklen_t;
+        let entry = opcode::Send::new(
+            types::Fixed(socket as u32),
+            slot.buf.as_ptr(),
+            slot.buf.len() as u32,
+        )
+        .dest_addr((&raw const slot.name).cast())
+        .dest_addr_len(slot.name_len)
+        .build()
+        .user_data(Op::UdpSend.data(index as usize));
         queue.push(entry);
     }
 
