@@ -152,13 +152,22 @@ impl UdpClient {
         self.socket.send_to(packet, self.server).unwrap();
     }
 
-    /// The next datagram, or None after a short wait.
+    /// The next datagram, or None after `wait`.
     pub fn recv_raw(&self, wait: Duration) -> Option<Vec<u8>> {
-        self.socket.set_read_timeout(Some(wait)).unwrap();
+        let deadline = std::time::Instant::now() + wait;
         let mut buf = [0u8; 4096];
-        match self.socket.recv_from(&mut buf) {
-            Ok((n, _)) => Some(buf[..n].to_vec()),
-            Err(_) => None,
+        loop {
+            let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            self.socket
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            match self.socket.recv_from(&mut buf) {
+                Ok((n, _)) => return Some(buf[..n].to_vec()),
+                // A receive with a timeout is not restarted after an interruption (io_uring
+                // task work on this thread can cause one): wait for the rest of the time.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return None,
+            }
         }
     }
 
@@ -410,6 +419,18 @@ pub fn http_raw(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
 }
 
 /// One GET with `Connection: close`.
+/// One `read`, retried when interrupted: a read with a timeout is not restarted after an
+/// interruption (io_uring task work on the test's thread can cause one), and taking it for
+/// "closed" would let a test pass for the wrong reason.
+pub fn read_some(stream: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match stream.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
 pub fn http_get(addr: SocketAddr, target: &str) -> HttpReply {
     let raw = http_raw(
         addr,

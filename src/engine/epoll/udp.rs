@@ -7,6 +7,7 @@ use std::os::fd::AsRawFd;
 use super::super::sockets::sockaddr_to_std;
 use mio::net::UdpSocket;
 
+use crate::engine::PREFETCH_AHEAD;
 use crate::handler::{MAX_UDP_REQUEST_BYTES, UdpHandler};
 
 pub struct MmsgBatch {
@@ -86,13 +87,19 @@ impl MmsgBatch {
                 };
             }
             let received = received as usize;
-            for i in 0..received {
-                let len = (self.recv_headers[i].msg_len as usize).min(MAX_UDP_REQUEST_BYTES);
-                handler.prefetch(&self.recv_buffers[i][..len]);
+            let prefetch = |i: usize, handler: &UdpHandler| {
+                if i < received {
+                    let len = (self.recv_headers[i].msg_len as usize).min(MAX_UDP_REQUEST_BYTES);
+                    handler.prefetch(&self.recv_buffers[i][..len]);
+                }
+            };
+            for i in 0..PREFETCH_AHEAD {
+                prefetch(i, handler);
             }
             self.send_to.clear();
             let mut answers = 0;
             for i in 0..received {
+                prefetch(i + PREFETCH_AHEAD, handler);
                 let header = &self.recv_headers[i];
                 // SAFETY: the kernel wrote msg_namelen bytes of address into recv_addrs[i].
                 let name = unsafe {

@@ -18,7 +18,7 @@ use self::http::HttpConnections;
 pub use self::probe::probe;
 use self::udp::UdpSockets;
 use super::sockets::WorkerSockets;
-use super::{HttpLimits, Shutdown, Wake};
+use super::{HttpLimits, PREFETCH_AHEAD, Shutdown, Wake};
 use crate::handler::{Handlers, HttpHandler, UdpHandler};
 
 /// Ring and buffer sizes; from config.
@@ -257,6 +257,14 @@ impl Ring {
         }
     }
 
+    /// Starts fetching what a received datagram's answer will need (see
+    /// [`UdpHandler::prefetch`]).
+    fn prefetch(&self, (user_data, result, flags): (u64, i32, u32)) {
+        if let Some((Op::UdpRecv, _)) = Op::decode(user_data) {
+            self.udp.prefetch(result, flags, &self.udp_handler);
+        }
+    }
+
     fn serve(&mut self) -> anyhow::Result<()> {
         let mut last_sweep = Instant::now();
         let mut completions = Vec::with_capacity(4096);
@@ -268,12 +276,13 @@ impl Ring {
                     .completion()
                     .map(|c| (c.user_data(), c.result(), c.flags())),
             );
-            for &(user_data, result, flags) in &completions {
-                if let Some((Op::UdpRecv, _)) = Op::decode(user_data) {
-                    self.udp.prefetch(result, flags, &self.udp_handler);
-                }
+            for &completion in completions.iter().take(PREFETCH_AHEAD) {
+                self.prefetch(completion);
             }
-            for &(user_data, result, flags) in &completions {
+            for (i, &(user_data, result, flags)) in completions.iter().enumerate() {
+                if let Some(&ahead) = completions.get(i + PREFETCH_AHEAD) {
+                    self.prefetch(ahead);
+                }
                 let Some((op, index)) = Op::decode(user_data) else {
                     continue;
                 };
