@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 pub use observer::SwarmObserver;
 
 use crate::bittorrent::{
-    AnnounceEvent, AnnounceRequest, AnnounceResponse, ClientError, InfoHash, ScrapeStats,
+    AnnounceEvent, AnnounceRequest, AnnounceResponse, ClientError, InfoHash, PeerId, ScrapeStats,
 };
 use crate::clock::Clock;
-use peer_map::{PeerMap, PeerMapFull, V4Key, V6Key};
+use peer_map::{PeerKey, PeerMap, PeerMapFull, V4Key, V6Key};
 use torrent_table::{Hasher, LockedTable};
 
 type Shard = LockedTable<Torrent>;
@@ -54,6 +54,23 @@ struct V6Peers {
     seeders: u32,
 }
 
+/// Adds or refreshes a peer and keeps `seeders` in step.
+#[allow(clippy::too_many_arguments)]
+fn upsert<K: PeerKey>(
+    peers: &mut PeerMap<K>,
+    seeders: &mut u32,
+    key: K,
+    peer_id: PeerId,
+    seeder: bool,
+    completed: bool,
+    expires_at: u32,
+    max: usize,
+) -> Result<bool, PeerMapFull> {
+    let upserted = peers.upsert(key, peer_id, seeder, completed, expires_at, max)?;
+    *seeders = *seeders - u32::from(upserted.was_seeder == Some(true)) + u32::from(seeder);
+    Ok(upserted.newly_completed)
+}
+
 impl Torrent {
     fn is_empty(&self) -> bool {
         self.v4.is_empty() && self.v6.is_none()
@@ -75,17 +92,18 @@ impl Torrent {
     fn remove(&mut self, peer: SocketAddr) {
         match peer {
             SocketAddr::V4(a) => {
-                self.v4
-                    .remove(&mut self.v4_seeders, V4Key::new(*a.ip(), a.port()));
+                if let Some(seeder) = self.v4.remove(V4Key::new(*a.ip(), a.port())) {
+                    self.v4_seeders -= u32::from(seeder);
+                }
             }
             SocketAddr::V6(a) => {
                 if let Some(v6) = &mut self.v6
-                    && v6
-                        .peers
-                        .remove(&mut v6.seeders, V6Key::new(*a.ip(), a.port()))
-                    && v6.peers.is_empty()
+                    && let Some(seeder) = v6.peers.remove(V6Key::new(*a.ip(), a.port()))
                 {
-                    self.v6 = None;
+                    v6.seeders -= u32::from(seeder);
+                    if v6.peers.is_empty() {
+                        self.v6 = None;
+                    }
                 }
             }
         }
@@ -93,9 +111,13 @@ impl Torrent {
 
     /// Removes expired peers; returns how many.
     fn expire(&mut self, now: u32) -> usize {
-        let mut removed = self.v4.expire(&mut self.v4_seeders, now);
+        let v4 = self.v4.expire(now);
+        self.v4_seeders -= v4.seeders;
+        let mut removed = v4.peers;
         if let Some(v6) = &mut self.v6 {
-            removed += v6.peers.expire(&mut v6.seeders, now);
+            let expired = v6.peers.expire(now);
+            v6.seeders -= expired.seeders;
+            removed += expired.peers;
             if v6.peers.is_empty() {
                 self.v6 = None;
             }
@@ -163,8 +185,8 @@ impl SwarmStore {
     }
 
     /// Brings the lines where `info_hash`'s torrent most likely is into the cache, without
-    /// waiting for them: engines call it for every announce of a received batch before
-    /// answering the first, so the batch's cache misses overlap.
+    /// waiting for them or taking a lock: engines call it for an announce a few datagrams
+    /// before they answer it, so its cache misses overlap with the work before it.
     pub fn prefetch(&self, info_hash: &InfoHash) {
         self.shard(info_hash).prefetch(&self.hasher, info_hash);
     }
@@ -214,7 +236,8 @@ impl SwarmStore {
         let max = self.limits.max_peers_per_torrent;
         let seeder = request.is_seeder();
         let upserted = match peer {
-            SocketAddr::V4(a) => torrent.v4.upsert(
+            SocketAddr::V4(a) => upsert(
+                &mut torrent.v4,
                 &mut torrent.v4_seeders,
                 V4Key::new(*a.ip(), a.port()),
                 request.peer_id,
@@ -225,7 +248,8 @@ impl SwarmStore {
             ),
             SocketAddr::V6(a) => {
                 let v6 = torrent.v6.get_or_insert_with(Box::default);
-                let upserted = v6.peers.upsert(
+                let upserted = upsert(
+                    &mut v6.peers,
                     &mut v6.seeders,
                     V6Key::new(*a.ip(), a.port()),
                     request.peer_id,
@@ -263,22 +287,20 @@ impl SwarmStore {
             .v6
             .as_deref()
             .filter(|v6| !seeder || v6.peers.len() > v6.seeders as usize)
-            .map(|v6| (&v6.peers, v6.seeders));
-        let v4 = v4_wanted.then_some((&torrent.v4, torrent.v4_seeders));
+            .map(|v6| &v6.peers);
+        let v4 = v4_wanted.then_some(&torrent.v4);
         match peer {
             SocketAddr::V4(a) => {
-                if let Some((v4, seeders)) = v4 {
+                if let Some(v4) = v4 {
                     v4.select(
-                        seeders,
                         Some(V4Key::new(*a.ip(), a.port())),
                         numwant,
                         seeder,
                         &mut response.peers,
                     );
                 }
-                if both_families && let Some((v6, seeders)) = v6 {
+                if both_families && let Some(v6) = v6 {
                     v6.select(
-                        seeders,
                         None,
                         numwant - response.peers.len(),
                         seeder,
@@ -287,18 +309,16 @@ impl SwarmStore {
                 }
             }
             SocketAddr::V6(a) => {
-                if let Some((v6, seeders)) = v6 {
+                if let Some(v6) = v6 {
                     v6.select(
-                        seeders,
                         Some(V6Key::new(*a.ip(), a.port())),
                         numwant,
                         seeder,
                         &mut response.peers,
                     );
                 }
-                if both_families && let Some((v4, seeders)) = v4 {
+                if both_families && let Some(v4) = v4 {
                     v4.select(
-                        seeders,
                         None,
                         numwant - response.peers.len(),
                         seeder,

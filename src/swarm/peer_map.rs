@@ -5,12 +5,6 @@
 //! one allocation, no slack), searched linearly. Past [`SMALL_MAX`] peers a swarm switches to
 //! a dense `Vec` of the same entries plus a keyed hash index, so a big swarm (where an
 //! attacker chooses the addresses) never costs more than one hash lookup per announce.
-//!
-//! Either way the entries are partitioned: leechers first, then seeders. A seeder is sent
-//! leechers only, and most announces come from seeders, so its window is then a slice of
-//! leechers rather than a scan past every seeder (profiled: that scan was the largest part
-//! of answering an announce in a seeded swarm). The map does not store where the seeders
-//! begin; its owner keeps the seeder count, passes it in, and has it kept in step.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -139,10 +133,10 @@ impl<K: PeerKey> Entry<K> {
         seeder: bool,
         completed: bool,
         expires_at: u32,
-    ) -> Refreshed {
+    ) -> Upserted {
         let was_completed = self.flags & COMPLETED != 0;
-        let refreshed = Refreshed {
-            was_seeder: self.seeder(),
+        let upserted = Upserted {
+            was_seeder: Some(self.seeder()),
             newly_completed: completed && !was_completed,
         };
         *self = Entry::new(
@@ -152,14 +146,24 @@ impl<K: PeerKey> Entry<K> {
             completed || was_completed,
             expires_at,
         );
-        refreshed
+        upserted
     }
 }
 
 /// What an upsert changed, for the torrent's counters.
-struct Refreshed {
-    was_seeder: bool,
-    newly_completed: bool,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Upserted {
+    /// The peer's previous seeder state; `None` for a new peer.
+    pub was_seeder: Option<bool>,
+    /// This announce is the peer's first `completed`.
+    pub newly_completed: bool,
+}
+
+/// What an expiry pass removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Expired {
+    pub peers: usize,
+    pub seeders: u32,
 }
 
 pub(super) enum PeerMap<K> {
@@ -197,6 +201,19 @@ impl<K: PeerKey> Large<K> {
         }
         Large { entries, index }
     }
+
+    /// Removes the entry at `i`; the last entry takes its place (and its index is updated).
+    fn swap_remove(&mut self, i: usize) -> Entry<K> {
+        let removed = self.entries.swap_remove(i);
+        self.index.remove(&removed.key);
+        if let Some(moved) = self.entries.get(i) {
+            *self
+                .index
+                .get_mut(&moved.key)
+                .expect("every entry is indexed") = i as u32;
+        }
+        removed
+    }
 }
 
 impl<K: PeerKey> PeerMap<K> {
@@ -227,152 +244,84 @@ impl<K: PeerKey> PeerMap<K> {
         }
     }
 
-    fn position(&self, key: K) -> Option<usize> {
-        match self {
-            PeerMap::Small(entries) => entries.iter().position(|e| e.key == key),
-            PeerMap::Large(large) => large.index.get(&key).map(|&i| i as usize),
-        }
-    }
-
-    /// Swaps two entries, keeping the index in step.
-    fn swap(&mut self, i: usize, j: usize) {
-        if i == j {
-            return;
-        }
-        match self {
-            PeerMap::Small(entries) => entries.swap(i, j),
-            PeerMap::Large(large) => {
-                large.entries.swap(i, j);
-                for at in [i, j] {
-                    let key = large.entries[at].key;
-                    *large.index.get_mut(&key).expect("every entry is indexed") = at as u32;
-                }
-            }
-        }
-    }
-
-    /// Appends an entry (a list past [`SMALL_MAX`] becomes indexed).
-    fn push(&mut self, entry: Entry<K>) {
-        match self {
-            PeerMap::Small(entries) if entries.len() < SMALL_MAX => {
-                let mut grown = std::mem::take(entries).into_vec();
-                grown.reserve_exact(1);
-                grown.push(entry);
-                *entries = grown.into_boxed_slice();
-            }
-            PeerMap::Small(entries) => {
-                let mut large = Large::from_entries(std::mem::take(entries), SMALL_MAX / 4);
-                large.index.insert(entry.key, large.entries.len() as u32);
-                large.entries.push(entry);
-                *self = PeerMap::Large(Box::new(large));
-            }
-            PeerMap::Large(large) => {
-                let len = large.entries.len();
-                if len == large.entries.capacity() {
-                    // Growing by a quarter keeps pushes amortised O(1) and wastes at most 20%
-                    // of the entries, where doubling would waste up to half.
-                    large.entries.reserve_exact((len / 4).max(1));
-                }
-                large.index.insert(entry.key, len as u32);
-                large.entries.push(entry);
-            }
-        }
-    }
-
-    /// Removes the last entry (an indexed map stays indexed until [`Self::demote_if_small`]).
-    fn pop(&mut self) {
-        match self {
-            PeerMap::Small(entries) => {
-                let mut shrunk = std::mem::take(entries).into_vec();
-                shrunk.pop();
-                *entries = shrunk.into_boxed_slice();
-            }
-            PeerMap::Large(large) => {
-                if let Some(removed) = large.entries.pop() {
-                    large.index.remove(&removed.key);
-                }
-            }
-        }
-    }
-
-    /// Removes the entry at `i`, keeping leechers before seeders: only entries at `i` or
-    /// after it move, so a pass from the end to the start sees every entry once.
-    fn remove_at(&mut self, i: usize, seeders: &mut u32) {
-        let len = self.len();
-        let first_seeder = len - *seeders as usize;
-        if i < first_seeder {
-            // The last leecher fills the hole, the last seeder fills the last leecher's place.
-            self.swap(i, first_seeder - 1);
-            self.swap(first_seeder - 1, len - 1);
-        } else {
-            self.swap(i, len - 1);
-            *seeders -= 1;
-        }
-        self.pop();
-    }
-
-    /// Adds or refreshes a peer, keeping `seeders` (this map's seeder count) in step; returns
-    /// whether this announce is the peer's first `completed`. `Err(PeerMapFull)` when the
-    /// peer is new and the map already holds `max` peers.
-    #[allow(clippy::too_many_arguments)]
+    /// Adds or refreshes a peer; `Err(PeerMapFull)` when the peer is new and the map already
+    /// holds `max` peers.
     pub fn upsert(
         &mut self,
-        seeders: &mut u32,
         key: K,
         peer_id: PeerId,
         seeder: bool,
         completed: bool,
         expires_at: u32,
         max: usize,
-    ) -> Result<bool, PeerMapFull> {
-        let len = self.len();
-        let first_seeder = len - *seeders as usize;
-        if let Some(i) = self.position(key) {
-            let entries = self.entries_mut();
-            let refreshed = entries[i].refresh(peer_id, seeder, completed, expires_at);
-            match (refreshed.was_seeder, seeder) {
-                (false, true) => {
-                    // Becomes the first seeder.
-                    self.swap(i, first_seeder - 1);
-                    *seeders += 1;
-                }
-                (true, false) => {
-                    // Becomes the last leecher.
-                    self.swap(i, first_seeder);
-                    *seeders -= 1;
-                }
-                _ => {}
-            }
-            return Ok(refreshed.newly_completed);
-        }
-        // Positions are u32: four billion peers of one torrent would not fit in memory.
-        if len >= max || len >= u32::MAX as usize {
-            return Err(PeerMapFull);
-        }
-        self.push(Entry::new(key, peer_id, seeder, completed, expires_at));
-        if seeder {
-            *seeders += 1;
-        } else {
-            self.swap(len, first_seeder);
-        }
-        Ok(completed)
-    }
-
-    fn entries_mut(&mut self) -> &mut [Entry<K>] {
-        match self {
-            PeerMap::Small(entries) => entries,
-            PeerMap::Large(large) => &mut large.entries,
-        }
-    }
-
-    /// Removes a peer, keeping `seeders` in step; returns whether it was stored.
-    pub fn remove(&mut self, seeders: &mut u32, key: K) -> bool {
-        let Some(i) = self.position(key) else {
-            return false;
+    ) -> Result<Upserted, PeerMapFull> {
+        let new = Upserted {
+            was_seeder: None,
+            newly_completed: completed,
         };
-        self.remove_at(i, seeders);
-        self.demote_if_small();
-        true
+        match self {
+            PeerMap::Small(entries) => {
+                if let Some(entry) = entries.iter_mut().find(|e| e.key == key) {
+                    return Ok(entry.refresh(peer_id, seeder, completed, expires_at));
+                }
+                if entries.len() >= max {
+                    return Err(PeerMapFull);
+                }
+                let entry = Entry::new(key, peer_id, seeder, completed, expires_at);
+                if entries.len() < SMALL_MAX {
+                    let mut grown = std::mem::take(entries).into_vec();
+                    grown.reserve_exact(1);
+                    grown.push(entry);
+                    *entries = grown.into_boxed_slice();
+                } else {
+                    let mut large = Large::from_entries(std::mem::take(entries), SMALL_MAX / 4);
+                    large.index.insert(key, large.entries.len() as u32);
+                    large.entries.push(entry);
+                    *self = PeerMap::Large(Box::new(large));
+                }
+                Ok(new)
+            }
+            PeerMap::Large(large) => {
+                if let Some(&i) = large.index.get(&key) {
+                    let entry = &mut large.entries[i as usize];
+                    return Ok(entry.refresh(peer_id, seeder, completed, expires_at));
+                }
+                let len = large.entries.len();
+                // Positions are u32: four billion peers of one torrent would not fit in memory.
+                if len >= max || len >= u32::MAX as usize {
+                    return Err(PeerMapFull);
+                }
+                if len == large.entries.capacity() {
+                    // Growing by a quarter keeps pushes amortised O(1) and wastes at most 20%
+                    // of the entries, where doubling would waste up to half.
+                    large.entries.reserve_exact((len / 4).max(1));
+                }
+                large.index.insert(key, len as u32);
+                large
+                    .entries
+                    .push(Entry::new(key, peer_id, seeder, completed, expires_at));
+                Ok(new)
+            }
+        }
+    }
+
+    /// Removes a peer; returns whether it was a seeder, `None` when it was not stored.
+    pub fn remove(&mut self, key: K) -> Option<bool> {
+        match self {
+            PeerMap::Small(entries) => {
+                let i = entries.iter().position(|e| e.key == key)?;
+                let mut shrunk = std::mem::take(entries).into_vec();
+                let removed = shrunk.swap_remove(i);
+                *entries = shrunk.into_boxed_slice();
+                Some(removed.seeder())
+            }
+            PeerMap::Large(large) => {
+                let i = *large.index.get(&key)?;
+                let removed = large.swap_remove(i as usize);
+                self.demote_if_small();
+                Some(removed.seeder())
+            }
+        }
     }
 
     fn demote_if_small(&mut self) {
@@ -387,95 +336,75 @@ impl<K: PeerKey> PeerMap<K> {
     /// Appends up to `n` peers other than `exclude`, a window from a random position: much
     /// more cache-friendly than picking each peer at random, and as good for swarm health.
     /// `leechers_only` for a seeder's announce: seeders have nothing to give each other.
-    /// `seeders` is this map's seeder count.
     pub fn select(
         &self,
-        seeders: u32,
         exclude: Option<K>,
         n: usize,
         leechers_only: bool,
         out: &mut Vec<ResponsePeer>,
     ) {
         let entries = self.entries();
-        let entries = if leechers_only {
-            &entries[..entries.len() - seeders as usize]
-        } else {
-            entries
-        };
         if entries.is_empty() || n == 0 {
             return;
         }
         let (after, before) = entries.split_at(fastrand::usize(..entries.len()));
-        let window = before
-            .iter()
-            .chain(after)
-            .filter(|e| Some(e.key) != exclude);
-        out.extend(window.take(n).map(|entry| ResponsePeer {
-            addr: entry.key.socket_addr(),
-            peer_id: entry.peer_id,
-        }));
+        let mut taken = 0;
+        for entry in before.iter().chain(after) {
+            if Some(entry.key) == exclude || (leechers_only && entry.seeder()) {
+                continue;
+            }
+            out.push(ResponsePeer {
+                addr: entry.key.socket_addr(),
+                peer_id: entry.peer_id,
+            });
+            taken += 1;
+            if taken == n {
+                break;
+            }
+        }
     }
 
-    /// Drops peers whose lifetime ended before `now`, keeping `seeders` in step, and gives
-    /// back memory a shrunken swarm no longer needs; returns how many peers it dropped.
-    pub fn expire(&mut self, seeders: &mut u32, now: u32) -> usize {
-        let before = self.len();
+    /// Drops peers whose lifetime ended before `now`, and gives back memory a shrunken swarm
+    /// no longer needs.
+    pub fn expire(&mut self, now: u32) -> Expired {
+        let mut expired = Expired::default();
+        let mut count = |entry: &Entry<K>| {
+            let gone = entry.expires_at() < now;
+            if gone {
+                expired.peers += 1;
+                expired.seeders += u32::from(entry.seeder());
+            }
+            gone
+        };
         match self {
             PeerMap::Small(entries) => {
                 if entries.iter().any(|e| e.expires_at() < now) {
-                    // `retain` keeps the order, hence leechers before seeders.
                     let mut kept = std::mem::take(entries).into_vec();
-                    kept.retain(|e| {
-                        let gone = e.expires_at() < now;
-                        *seeders -= u32::from(gone && e.seeder());
-                        !gone
-                    });
+                    kept.retain(|e| !count(e));
                     *entries = kept.into_boxed_slice();
                 }
             }
-            PeerMap::Large(_) => {
-                // From the end: removal moves only entries already looked at, and touches the
-                // index only for removed and moved peers.
-                for i in (0..before).rev() {
-                    if self.entries()[i].expires_at() < now {
-                        self.remove_at(i, seeders);
+            PeerMap::Large(large) => {
+                // Swap-removal touches the index only for removed and moved peers, so a pass
+                // where few expire costs a scan and not a rebuild.
+                let mut i = 0;
+                while i < large.entries.len() {
+                    if count(&large.entries[i]) {
+                        large.swap_remove(i);
+                    } else {
+                        i += 1;
                     }
                 }
-                if let PeerMap::Large(large) = self {
-                    let len = large.entries.len();
-                    if large.entries.capacity() - len > len / 2 {
-                        large.entries.shrink_to(len + len / 4);
-                    }
-                    if large.index.capacity() > 4 * len {
-                        large.index.shrink_to(len);
-                    }
+                let len = large.entries.len();
+                if large.entries.capacity() - len > len / 2 {
+                    large.entries.shrink_to(len + len / 4);
+                }
+                if large.index.capacity() > 4 * len {
+                    large.index.shrink_to(len);
                 }
                 self.demote_if_small();
             }
         }
-        before - self.len()
-    }
-
-    /// Leechers come before seeders, `seeders` counts the seeders, and an index (if any)
-    /// knows where each entry is (for tests).
-    #[cfg(test)]
-    pub fn is_consistent(&self, seeders: u32) -> bool {
-        let entries = self.entries();
-        let Some(first_seeder) = entries.len().checked_sub(seeders as usize) else {
-            return false;
-        };
-        let indexed = match self {
-            PeerMap::Small(_) => true,
-            PeerMap::Large(large) => {
-                large.index.len() == entries.len()
-                    && entries
-                        .iter()
-                        .enumerate()
-                        .all(|(i, e)| large.index.get(&e.key) == Some(&(i as u32)))
-            }
-        };
-        indexed
-            && entries[..first_seeder].iter().all(|e| !e.seeder())
-            && entries[first_seeder..].iter().all(|e| e.seeder())
+        expired
     }
 }
