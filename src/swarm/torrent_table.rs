@@ -137,6 +137,8 @@ impl<T> TableGuard<'_, T> {
             hashbrown::hash_table::Entry::Occupied(found) => return Some(&mut found.into_mut().1),
             hashbrown::hash_table::Entry::Vacant(vacant) => vacant,
         };
+        // (`entry` may already have grown the table when `make` refuses: the recorded layout
+        // is then stale until the next insert, which costs wasted prefetches, nothing more.)
         let inserted = vacant.insert((key, make()?));
         // An insert is where the table grows: note where its buckets are now.
         let index = inserted.bucket_index();
