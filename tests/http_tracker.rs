@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -322,10 +322,7 @@ fn read_replies(stream: &mut TcpStream, n: usize) -> Vec<HttpReply> {
             "timed out with {} bytes",
             raw.len()
         );
-        let got = match stream.read(&mut buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            other => other.unwrap(),
-        };
+        let got = read_some(stream, &mut buf).unwrap();
         assert!(got > 0, "closed early");
         raw.extend_from_slice(&buf[..got]);
     }

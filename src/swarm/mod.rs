@@ -22,7 +22,7 @@ use crate::bittorrent::{
 };
 use crate::clock::Clock;
 use peer_map::{PeerKey, PeerMap, PeerMapFull, V4Key, V6Key};
-use torrent_table::{Hasher, LockedTable};
+use torrent_table::{Hasher, LockedTable, TableGuard};
 
 type Shard = LockedTable<Torrent>;
 
@@ -184,6 +184,11 @@ impl SwarmStore {
         &self.shards[n as usize & (self.shards.len() - 1)]
     }
 
+    /// `info_hash`'s shard, locked.
+    fn lock(&self, info_hash: &InfoHash) -> TableGuard<'_, Torrent> {
+        self.shard(info_hash).lock(&self.hasher)
+    }
+
     /// Brings the lines where `info_hash`'s torrent most likely is into the cache, without
     /// waiting for them or taking a lock: engines call it for an announce a few datagrams
     /// before they answer it, so its cache misses overlap with the work before it.
@@ -203,10 +208,10 @@ impl SwarmStore {
         response.peers.clear();
         let peer = SocketAddr::new(request.peer_ip, request.port);
         let stopped = request.event == AnnounceEvent::Stopped;
-        let mut shard = self.shard(&request.info_hash).lock();
+        let mut shard = self.lock(&request.info_hash);
 
         if stopped {
-            if let Some(torrent) = shard.get_mut(&self.hasher, &request.info_hash) {
+            if let Some(torrent) = shard.get_mut(&request.info_hash) {
                 torrent.remove(peer);
                 let stats = torrent.stats();
                 (response.complete, response.incomplete) = (stats.complete, stats.incomplete);
@@ -221,7 +226,7 @@ impl SwarmStore {
         let count = &self.torrent_count;
         let max_torrents = self.limits.max_torrents;
         let torrent = shard
-            .get_or_insert(&self.hasher, request.info_hash, || {
+            .get_or_insert(request.info_hash, || {
                 (count.load(Ordering::Relaxed) < max_torrents).then(|| {
                     count.fetch_add(1, Ordering::Relaxed);
                     Torrent::default()
@@ -268,7 +273,7 @@ impl SwarmStore {
             Ok(c) => c,
             Err(PeerMapFull) => {
                 if torrent.is_empty() {
-                    shard.remove(&self.hasher, &request.info_hash);
+                    shard.remove(&request.info_hash);
                     self.torrent_count.fetch_sub(1, Ordering::Relaxed);
                 }
                 return Err(TORRENT_FULL);
@@ -341,11 +346,8 @@ impl SwarmStore {
     }
 
     pub fn scrape(&self, info_hash: &InfoHash) -> ScrapeStats {
-        let shard = self.shard(info_hash).lock();
-        shard
-            .get(&self.hasher, info_hash)
-            .map(Torrent::stats)
-            .unwrap_or_default()
+        let shard = self.lock(info_hash);
+        shard.get(info_hash).map(Torrent::stats).unwrap_or_default()
     }
 
     /// Removes expired peers and empty torrents, one shard lock at a time.
@@ -354,7 +356,7 @@ impl SwarmStore {
         let now = self.clock.now();
         let mut report = CleanReport::default();
         for shard in self.shards.iter() {
-            shard.lock().retain(&self.hasher, |torrent| {
+            shard.lock(&self.hasher).retain(|torrent| {
                 report.peers_removed += torrent.expire(now);
                 if torrent.is_empty() {
                     report.torrents_removed += 1;
@@ -373,7 +375,7 @@ impl SwarmStore {
     pub fn totals(&self) -> StoreTotals {
         let mut totals = StoreTotals::default();
         for shard in self.shards.iter() {
-            let shard = shard.lock();
+            let shard = shard.lock(&self.hasher);
             totals.torrents += shard.len();
             for torrent in shard.values() {
                 let stats = torrent.stats();
@@ -386,16 +388,14 @@ impl SwarmStore {
 
     /// Whether `ip` (v4 or v6) with `port` is stored for `info_hash`.
     pub fn contains_peer(&self, info_hash: &InfoHash, ip: IpAddr, port: u16) -> bool {
-        let shard = self.shard(info_hash).lock();
-        shard
-            .get(&self.hasher, info_hash)
-            .is_some_and(|t| match ip {
-                IpAddr::V4(v4) => t.v4.contains(V4Key::new(v4, port)),
-                IpAddr::V6(v6) => {
-                    t.v6.as_ref()
-                        .is_some_and(|v6s| v6s.peers.contains(V6Key::new(v6, port)))
-                }
-            })
+        let shard = self.lock(info_hash);
+        shard.get(info_hash).is_some_and(|t| match ip {
+            IpAddr::V4(v4) => t.v4.contains(V4Key::new(v4, port)),
+            IpAddr::V6(v6) => {
+                t.v6.as_ref()
+                    .is_some_and(|v6s| v6s.peers.contains(V6Key::new(v6, port)))
+            }
+        })
     }
 }
 

@@ -226,8 +226,8 @@ fn an_observer_sees_announces_and_stops() {
 
 /// Whether the torrent's peers of one family are kept indexed (rather than as a short list).
 fn is_large(s: &SwarmStore, info_hash: &InfoHash, v6: bool) -> bool {
-    let shard = s.shard(info_hash).lock();
-    let torrent = shard.get(&s.hasher, info_hash).expect("stored");
+    let shard = s.lock(info_hash);
+    let torrent = shard.get(info_hash).expect("stored");
     if v6 {
         torrent.v6.as_ref().is_some_and(|v6| v6.peers.is_large())
     } else {

@@ -25,24 +25,17 @@ type Bucket<T> = (InfoHash, T);
 
 /// A `Mutex<HashTable>` plus where its buckets are, for lock-free prefetching.
 pub(super) struct LockedTable<T> {
-    table: Mutex<Table<T>>,
+    buckets: Mutex<HashTable<Bucket<T>>>,
     /// Address of bucket 0 (buckets go downwards from there), 0 while unallocated.
     bucket0: AtomicUsize,
     /// Number of buckets minus one.
     mask: AtomicUsize,
 }
 
-/// The table proper, reached through [`LockedTable::lock`].
-pub(super) struct Table<T> {
-    buckets: HashTable<Bucket<T>>,
-}
-
 impl<T> Default for LockedTable<T> {
     fn default() -> Self {
         LockedTable {
-            table: Mutex::new(Table {
-                buckets: HashTable::new(),
-            }),
+            buckets: Mutex::new(HashTable::new()),
             bucket0: AtomicUsize::new(0),
             mask: AtomicUsize::new(0),
         }
@@ -52,14 +45,11 @@ impl<T> Default for LockedTable<T> {
 /// The hasher all shards share (info hashes are chosen by clients, so it is keyed).
 pub(super) type Hasher = foldhash::fast::RandomState;
 
-fn hash(hasher: &Hasher, key: &InfoHash) -> u64 {
-    hasher.hash_one(key)
-}
-
 impl<T> LockedTable<T> {
-    pub fn lock(&self) -> TableGuard<'_, T> {
+    pub fn lock<'a>(&'a self, hasher: &'a Hasher) -> TableGuard<'a, T> {
         TableGuard {
-            table: self.table.lock(),
+            buckets: self.buckets.lock(),
+            hasher,
             layout: self,
         }
     }
@@ -71,7 +61,7 @@ impl<T> LockedTable<T> {
             return;
         }
         let mask = self.mask.load(Ordering::Relaxed);
-        let position = hash(hasher, key) as usize & mask;
+        let position = hasher.hash_one(key) as usize & mask;
         let size = size_of::<Bucket<T>>();
         // Control bytes start right after bucket 0; the key is in the probe's first group
         // (16 control bytes) unless the table is crowded, most often at its first bucket or
@@ -86,6 +76,13 @@ impl<T> LockedTable<T> {
         ] {
             prefetch(address);
         }
+    }
+
+    /// Records where the buckets are, from the address of the full bucket at `index`.
+    fn note_layout(&self, index: usize, address: usize, num_buckets: usize) {
+        let bucket0 = address + index * size_of::<Bucket<T>>();
+        self.bucket0.store(bucket0, Ordering::Relaxed);
+        self.mask.store(num_buckets - 1, Ordering::Relaxed);
     }
 }
 
@@ -102,36 +99,40 @@ fn prefetch(address: usize) {
 
 /// The locked table; records the bucket layout for prefetching whenever it may have moved.
 pub(super) struct TableGuard<'a, T> {
-    table: MutexGuard<'a, Table<T>>,
+    buckets: MutexGuard<'a, HashTable<Bucket<T>>>,
+    hasher: &'a Hasher,
     layout: &'a LockedTable<T>,
 }
 
 impl<T> TableGuard<'_, T> {
-    pub fn get(&self, hasher: &Hasher, key: &InfoHash) -> Option<&T> {
-        self.table
-            .buckets
-            .find(hash(hasher, key), |(k, _)| k == key)
+    fn hash(&self, key: &InfoHash) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    pub fn get(&self, key: &InfoHash) -> Option<&T> {
+        self.buckets
+            .find(self.hash(key), |(k, _)| k == key)
             .map(|(_, v)| v)
     }
 
-    pub fn get_mut(&mut self, hasher: &Hasher, key: &InfoHash) -> Option<&mut T> {
-        self.table
-            .buckets
-            .find_mut(hash(hasher, key), |(k, _)| k == key)
+    pub fn get_mut(&mut self, key: &InfoHash) -> Option<&mut T> {
+        let hash = self.hash(key);
+        self.buckets
+            .find_mut(hash, |(k, _)| k == key)
             .map(|(_, v)| v)
     }
 
     /// The value for `key`; when there is none, a new one from `make` (which may refuse).
     pub fn get_or_insert(
         &mut self,
-        hasher: &Hasher,
         key: InfoHash,
         make: impl FnOnce() -> Option<T>,
     ) -> Option<&mut T> {
-        let entry = self.table.buckets.entry(
-            hash(hasher, &key),
+        let hasher = self.hasher;
+        let entry = self.buckets.entry(
+            hasher.hash_one(key),
             |(k, _)| *k == key,
-            |(k, _)| hash(hasher, k),
+            |(k, _)| hasher.hash_one(k),
         );
         let vacant = match entry {
             hashbrown::hash_table::Entry::Occupied(found) => return Some(&mut found.into_mut().1),
@@ -145,57 +146,42 @@ impl<T> TableGuard<'_, T> {
         let address = (&raw const *inserted.get()) as usize;
         let buckets = inserted.into_table();
         self.layout
-            .bucket0
-            .store(address + index * size_of::<Bucket<T>>(), Ordering::Relaxed);
-        self.layout
-            .mask
-            .store(buckets.num_buckets() - 1, Ordering::Relaxed);
+            .note_layout(index, address, buckets.num_buckets());
         Some(&mut buckets.get_bucket_mut(index).expect("just inserted").1)
     }
 
-    pub fn remove(&mut self, hasher: &Hasher, key: &InfoHash) -> Option<T> {
-        let entry = self
-            .table
-            .buckets
-            .find_entry(hash(hasher, key), |(k, _)| k == key)
-            .ok()?;
+    pub fn remove(&mut self, key: &InfoHash) -> Option<T> {
+        let hash = self.hash(key);
+        let entry = self.buckets.find_entry(hash, |(k, _)| k == key).ok()?;
         Some(entry.remove().0.1)
     }
 
     pub fn len(&self) -> usize {
-        self.table.buckets.len()
+        self.buckets.len()
     }
 
     pub fn values(&self) -> impl Iterator<Item = &T> {
-        self.table.buckets.iter().map(|(_, v)| v)
+        self.buckets.iter().map(|(_, v)| v)
     }
 
     /// Keeps the entries `keep` says yes to, then gives memory back if the table is mostly
     /// empty.
-    pub fn retain(&mut self, hasher: &Hasher, mut keep: impl FnMut(&mut T) -> bool) {
-        let buckets = &mut self.table.buckets;
+    pub fn retain(&mut self, mut keep: impl FnMut(&mut T) -> bool) {
+        let hasher = self.hasher;
+        let buckets = &mut *self.buckets;
         buckets.retain(|(_, v)| keep(v));
         if buckets.capacity() > 64 && buckets.len() < buckets.capacity() / 4 {
-            buckets.shrink_to_fit(|(k, _)| hash(hasher, k));
-            self.record_layout();
-        }
-    }
-
-    /// Finds bucket 0's address from any full bucket (after a shrink moved the table).
-    fn record_layout(&self) {
-        let buckets = &self.table.buckets;
-        let (bucket0, mask) = match buckets.iter_buckets().next() {
-            Some(index) => {
-                let full = buckets.get_bucket(index).expect("a full bucket");
-                let address = (&raw const *full) as usize;
-                (
-                    address + index * size_of::<Bucket<T>>(),
-                    buckets.num_buckets() - 1,
-                )
+            buckets.shrink_to_fit(|(k, _)| hasher.hash_one(k));
+            // The table moved: find bucket 0 again from any full bucket.
+            match buckets.iter_buckets().next() {
+                Some(index) => {
+                    let full = buckets.get_bucket(index).expect("a full bucket");
+                    let address = (&raw const *full) as usize;
+                    self.layout
+                        .note_layout(index, address, buckets.num_buckets());
+                }
+                None => self.layout.bucket0.store(0, Ordering::Relaxed),
             }
-            None => (0, 0),
-        };
-        self.layout.bucket0.store(bucket0, Ordering::Relaxed);
-        self.layout.mask.store(mask, Ordering::Relaxed);
+        }
     }
 }

@@ -418,7 +418,6 @@ pub fn http_raw(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
     out
 }
 
-/// One GET with `Connection: close`.
 /// One `read`, retried when interrupted: a read with a timeout is not restarted after an
 /// interruption (io_uring task work on the test's thread can cause one), and taking it for
 /// "closed" would let a test pass for the wrong reason.
@@ -431,6 +430,7 @@ pub fn read_some(stream: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usiz
     }
 }
 
+/// One GET with `Connection: close`.
 pub fn http_get(addr: SocketAddr, target: &str) -> HttpReply {
     let raw = http_raw(
         addr,

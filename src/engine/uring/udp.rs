@@ -1,8 +1,8 @@
 //! UDP on io_uring: one multishot RecvMsgMulti per socket draws datagrams from a provided-buffer
 //! ring; each answer is a Send with a destination address (sendto) from a preallocated slot,
 //! queued and submitted with the next wait. (Send rather than SendMsg: the kernel then copies
-//! no msghdr and imports no iovec per datagram.) A datagram that arrives while every slot is in flight goes unanswered (the client
-//! retries, as BEP 15 expects).
+//! no msghdr and imports no iovec per datagram.) A datagram that arrives while every slot is
+//! in flight goes unanswered (the client retries, as BEP 15 expects).
 
 use io_uring::{IoUring, cqueue, opcode, types};
 
@@ -18,7 +18,6 @@ const RECV_BUFFER_BYTES: usize = 16 + 32 + MAX_UDP_REQUEST_BYTES;
 
 struct SendSlot {
     name: libc::sockaddr_in6,
-    name_len: libc::socklen_t,
     buf: Vec<u8>,
 }
 
@@ -60,7 +59,6 @@ impl UdpSockets {
             .map(|_| SendSlot {
                 // SAFETY: all-zero is a valid sockaddr_in6.
                 name: unsafe { std::mem::zeroed() },
-                name_len: 0,
                 buf: Vec::with_capacity(1500),
             })
             .collect();
@@ -158,14 +156,13 @@ impl UdpSockets {
                 name.len(),
             )
         };
-        slot.name_len = name.len() as libc::socklen_t;
         let entry = opcode::Send::new(
             types::Fixed(socket as u32),
             slot.buf.as_ptr(),
             slot.buf.len() as u32,
         )
         .dest_addr((&raw const slot.name).cast())
-        .dest_addr_len(slot.name_len)
+        .dest_addr_len(name.len() as libc::socklen_t)
         .build()
         .user_data(Op::UdpSend.data(index as usize));
         queue.push(entry);
