@@ -12,12 +12,33 @@ pub use shutdown::{Shutdown, Wake};
 use std::time::Duration;
 
 use crate::config::HttpConfig;
+use crate::swarm::PrefetchStep;
 
-/// How many datagrams ahead of the one being answered an engine prefetches (see
-/// `UdpHandler::prefetch`). A batch can hold a thousand datagrams; prefetching all of them at
-/// once would push the first ones' lines out of the L1 cache before they are used, while a
-/// short window keeps a few misses in flight (the CPU tracks about a dozen) and the lines warm.
-pub const PREFETCH_AHEAD: usize = 8;
+/// How many received items apart an engine runs the successive prefetch steps of one datagram
+/// (see `UdpHandler::prefetch`). A step's lines arrive within a few hundred nanoseconds, less
+/// than answering one datagram takes; a longer lead would only let the L1 cache lose them.
+pub const PREFETCH_SPACING: usize = 2;
+
+/// The prefetches an engine runs just before it answers item `i` of a batch of `n`: step `s`
+/// of [`PrefetchStep::ALL`] for the item `(steps - s) * PREFETCH_SPACING` places ahead, so that
+/// every item goes through the steps in order and is answered `PREFETCH_SPACING` items after
+/// its last one. The call for item 0 also runs the steps due before the batch began.
+pub fn prefetch_schedule(i: usize, n: usize) -> impl Iterator<Item = (usize, PrefetchStep)> {
+    let steps = PrefetchStep::ALL.len();
+    let lead = (steps * PREFETCH_SPACING) as isize;
+    let first = if i == 0 { -lead } else { i as isize };
+    (first..=i as isize).flat_map(move |now| {
+        PrefetchStep::ALL
+            .iter()
+            .enumerate()
+            .filter_map(move |(s, &step)| {
+                let item = now + ((steps - s) * PREFETCH_SPACING) as isize;
+                (0..n as isize)
+                    .contains(&item)
+                    .then_some((item as usize, step))
+            })
+    })
+}
 
 /// The HTTP connection limits every engine enforces, derived once from config.
 #[derive(Clone, Copy, Debug)]
@@ -34,6 +55,36 @@ impl HttpLimits {
             max_connections_per_worker: config.max_connections.div_ceil(workers),
             max_request_bytes: config.max_request_bytes,
             idle_timeout: Duration::from_secs(u64::from(config.idle_timeout_secs)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every item of a batch, whatever its size, goes through every step once, in order, and
+    /// its last step runs at least `PREFETCH_SPACING` items before it is answered.
+    #[test]
+    fn the_prefetch_schedule_runs_every_step_in_order_ahead_of_the_answer() {
+        for n in [0, 1, 2, 3, 7, 8, 9, 10, 64] {
+            let mut done: Vec<Vec<(usize, PrefetchStep)>> = vec![Vec::new(); n];
+            for i in 0..n {
+                for (item, step) in prefetch_schedule(i, n) {
+                    assert!(
+                        item >= i,
+                        "n={n}: step {step:?} for {item} after it was answered"
+                    );
+                    done[item].push((i, step));
+                }
+                let steps: Vec<PrefetchStep> = done[i].iter().map(|&(_, s)| s).collect();
+                assert_eq!(steps, PrefetchStep::ALL, "n={n}, item {i}");
+                let last_at = done[i].last().expect("all steps").0;
+                assert!(
+                    i == 0 || i - last_at >= PREFETCH_SPACING || last_at == 0,
+                    "n={n}, item {i}: last step at {last_at}"
+                );
+            }
         }
     }
 }

@@ -9,9 +9,10 @@ use crate::bittorrent::{
 };
 use crate::metrics::{Action, WorkerMetrics};
 use crate::middleware::RequestContext;
-use crate::protocol::udp::request::{announce_info_hash, scrape_hashes};
+use crate::protocol::udp::request::{announce_target, scrape_hashes};
 use crate::protocol::udp::response::{write_announce, write_connect, write_error, write_scrape};
 use crate::protocol::udp::{UdpAnnounce, UdpDecodeError, UdpRequest, decode};
+use crate::swarm::PrefetchStep;
 
 /// Engines receive into buffers this large; a longer datagram is truncated and refused.
 pub const MAX_UDP_REQUEST_BYTES: usize = 2048;
@@ -38,13 +39,16 @@ impl UdpHandler {
         }
     }
 
-    /// Starts fetching what answering `packet` will need from memory. Engines call it for a
-    /// datagram a few places ahead of the one they answer (`engine::PREFETCH_AHEAD`), so that
-    /// the cache misses of successive announces overlap rather than add up (profiled: finding
-    /// the torrent among a million was over half of an announce's time in the store).
-    pub fn prefetch(&self, packet: &[u8]) {
-        if let Some(info_hash) = announce_info_hash(packet) {
-            self.tracker.store.prefetch(&info_hash);
+    /// Starts fetching from memory what answering `packet` from `client` will need, one
+    /// [`PrefetchStep`] at a time. Engines run the steps for a datagram a few places ahead of
+    /// the one they answer (`engine::prefetch_schedule`), so that the cache misses of
+    /// successive announces overlap rather than add up (profiled: with a million torrents,
+    /// the store's misses were most of an announce's time).
+    pub fn prefetch(&self, step: PrefetchStep, packet: &[u8], client: SocketAddr) {
+        if let Some((info_hash, port)) = announce_target(packet) {
+            // The client's own address: the one the announce most likely stores.
+            let peer = SocketAddr::new(client.ip().to_canonical(), port);
+            self.tracker.store.prefetch(step, &info_hash, peer);
         }
     }
 

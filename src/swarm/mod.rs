@@ -7,7 +7,9 @@
 //! so the layout is measured (`benches/store.rs`) rather than left to default collections.
 
 mod observer;
+mod peer_index;
 mod peer_map;
+mod prefetch;
 mod torrent_table;
 
 use std::net::{IpAddr, SocketAddr};
@@ -16,6 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub use observer::SwarmObserver;
+pub use prefetch::PrefetchStep;
 
 use crate::bittorrent::{
     AnnounceEvent, AnnounceRequest, AnnounceResponse, ClientError, InfoHash, PeerId, ScrapeStats,
@@ -189,11 +192,33 @@ impl SwarmStore {
         self.shard(info_hash).lock(&self.hasher)
     }
 
-    /// Brings the lines where `info_hash`'s torrent most likely is into the cache, without
-    /// waiting for them or taking a lock: engines call it for an announce a few datagrams
-    /// before they answer it, so its cache misses overlap with the work before it.
-    pub fn prefetch(&self, info_hash: &InfoHash) {
-        self.shard(info_hash).prefetch(&self.hasher, info_hash);
+    /// Brings into the cache, without waiting for them, the lines that an announce by `peer`
+    /// into `info_hash` will read at one link of its chain of pointers (see [`PrefetchStep`]).
+    /// Engines run the steps in order a few datagrams before they answer the announce, so
+    /// its cache misses overlap with the work before it. A wrong guess (another peer address,
+    /// a table that changed meanwhile) wastes a prefetch and changes nothing.
+    pub fn prefetch(&self, step: PrefetchStep, info_hash: &InfoHash, peer: SocketAddr) {
+        let shard = self.shard(info_hash);
+        if step == PrefetchStep::Torrent {
+            shard.prefetch(&self.hasher, info_hash);
+            return;
+        }
+        // The later steps read through the table, so they take the lock, but never wait
+        // for it: another worker holding it would be paid for in full, not overlapped.
+        let Some(shard) = shard.try_lock(&self.hasher) else {
+            return;
+        };
+        let Some(torrent) = shard.get(info_hash) else {
+            return;
+        };
+        match peer {
+            SocketAddr::V4(a) => torrent.v4.prefetch(step, V4Key::new(*a.ip(), a.port())),
+            SocketAddr::V6(a) => {
+                if let Some(v6) = &torrent.v6 {
+                    v6.peers.prefetch(step, V6Key::new(*a.ip(), a.port()));
+                }
+            }
+        }
     }
 
     /// Records the announce and fills `response` with counts and up to `numwant` other peers:

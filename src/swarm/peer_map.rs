@@ -6,10 +6,11 @@
 //! a dense `Vec` of the same entries plus a keyed hash index, so a big swarm (where an
 //! attacker chooses the addresses) never costs more than one hash lookup per announce.
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
+use super::peer_index::PeerIndex;
+use super::prefetch::{PrefetchStep, prefetch_bytes};
 use crate::bittorrent::{PeerId, ResponsePeer};
 
 /// The largest swarm kept as a linear list. Measured over 10k torrents of 64 peers, an
@@ -176,7 +177,7 @@ pub(super) enum PeerMap<K> {
 /// Dense entries (a random window is a slice) and the position of each key in them.
 pub(super) struct Large<K> {
     entries: Vec<Entry<K>>,
-    index: HashMap<K, u32, foldhash::fast::RandomState>,
+    index: PeerIndex,
 }
 
 // The small case is the common one: a torrent pays 16 bytes for its IPv4 map.
@@ -192,27 +193,33 @@ impl<K: PeerKey> Large<K> {
     fn from_entries(small: Box<[Entry<K>]>, extra: usize) -> Self {
         let mut entries = small.into_vec();
         entries.reserve_exact(extra);
-        let mut index = HashMap::with_capacity_and_hasher(
-            entries.capacity(),
-            foldhash::fast::RandomState::default(),
-        );
-        for (i, entry) in entries.iter().enumerate() {
-            index.insert(entry.key, i as u32);
-        }
+        let index = PeerIndex::new(entries.iter().map(|e| e.key), entries.capacity());
         Large { entries, index }
+    }
+
+    fn position(&self, key: K) -> Option<usize> {
+        let entries = &self.entries;
+        let found = self.index.find(key, |p| entries[p as usize].key);
+        found.map(|p| p as usize)
+    }
+
+    fn push(&mut self, entry: Entry<K>) {
+        let position = self.entries.len() as u32;
+        self.entries.push(entry);
+        let entries = &self.entries;
+        self.index
+            .insert(entry.key, position, |p| entries[p as usize].key);
     }
 
     /// Removes the entry at `i`; the last entry takes its place (and its index is updated).
     fn swap_remove(&mut self, i: usize) -> Entry<K> {
-        let removed = self.entries.swap_remove(i);
-        self.index.remove(&removed.key);
-        if let Some(moved) = self.entries.get(i) {
-            *self
-                .index
-                .get_mut(&moved.key)
-                .expect("every entry is indexed") = i as u32;
+        let last = self.entries.len() - 1;
+        self.index.remove(self.entries[i].key, i as u32);
+        if i != last {
+            self.index
+                .moved(self.entries[last].key, last as u32, i as u32);
         }
-        removed
+        self.entries.swap_remove(i)
     }
 }
 
@@ -240,7 +247,31 @@ impl<K: PeerKey> PeerMap<K> {
     pub fn contains(&self, key: K) -> bool {
         match self {
             PeerMap::Small(entries) => entries.iter().any(|e| e.key == key),
-            PeerMap::Large(large) => large.index.contains_key(&key),
+            PeerMap::Large(large) => large.position(key).is_some(),
+        }
+    }
+
+    /// One step of prefetching an announce by `key` (see [`PrefetchStep`]).
+    pub fn prefetch(&self, step: PrefetchStep, key: K) {
+        match (self, step) {
+            // An announce scans a small list whole, looking for its own entry.
+            (PeerMap::Small(entries), PrefetchStep::PeerList) => prefetch_bytes(
+                entries.as_ptr() as usize,
+                size_of_val::<[Entry<K>]>(entries),
+                usize::MAX,
+            ),
+            (PeerMap::Large(large), PrefetchStep::PeerList) => {
+                prefetch_bytes((&raw const **large) as usize, size_of::<Large<K>>(), 2)
+            }
+            (PeerMap::Large(large), PrefetchStep::PeerIndex) => large.index.prefetch_slot(key),
+            (PeerMap::Large(large), PrefetchStep::PeerEntry) => {
+                let entries = large.entries.as_ptr() as usize;
+                let size = size_of::<Entry<K>>();
+                large.index.prefetch_entry(key, |p| {
+                    prefetch_bytes(entries + p as usize * size, size, 2);
+                });
+            }
+            _ => {}
         }
     }
 
@@ -275,15 +306,14 @@ impl<K: PeerKey> PeerMap<K> {
                     *entries = grown.into_boxed_slice();
                 } else {
                     let mut large = Large::from_entries(std::mem::take(entries), SMALL_MAX / 4);
-                    large.index.insert(key, large.entries.len() as u32);
-                    large.entries.push(entry);
+                    large.push(entry);
                     *self = PeerMap::Large(Box::new(large));
                 }
                 Ok(new)
             }
             PeerMap::Large(large) => {
-                if let Some(&i) = large.index.get(&key) {
-                    let entry = &mut large.entries[i as usize];
+                if let Some(i) = large.position(key) {
+                    let entry = &mut large.entries[i];
                     return Ok(entry.refresh(peer_id, seeder, completed, expires_at));
                 }
                 let len = large.entries.len();
@@ -296,10 +326,7 @@ impl<K: PeerKey> PeerMap<K> {
                     // of the entries, where doubling would waste up to half.
                     large.entries.reserve_exact((len / 4).max(1));
                 }
-                large.index.insert(key, len as u32);
-                large
-                    .entries
-                    .push(Entry::new(key, peer_id, seeder, completed, expires_at));
+                large.push(Entry::new(key, peer_id, seeder, completed, expires_at));
                 Ok(new)
             }
         }
@@ -316,8 +343,8 @@ impl<K: PeerKey> PeerMap<K> {
                 Some(removed.seeder())
             }
             PeerMap::Large(large) => {
-                let i = *large.index.get(&key)?;
-                let removed = large.swap_remove(i as usize);
+                let i = large.position(key)?;
+                let removed = large.swap_remove(i);
                 self.demote_if_small();
                 Some(removed.seeder())
             }
@@ -399,9 +426,8 @@ impl<K: PeerKey> PeerMap<K> {
                 if large.entries.capacity() - len > len / 2 {
                     large.entries.shrink_to(len + len / 4);
                 }
-                if large.index.capacity() > 4 * len {
-                    large.index.shrink_to(len);
-                }
+                let entries = &large.entries;
+                large.index.shrink(len, |p| entries[p as usize].key);
                 self.demote_if_small();
             }
         }

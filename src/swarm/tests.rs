@@ -468,6 +468,11 @@ fn random_operations_agree_with_a_simple_model() {
         let numwant = rng.usize(..MAX);
         let both = rng.bool();
         let mut response = AnnounceResponse::default();
+        // Prefetching reads the store in every state it reaches here and must change nothing
+        // (the model below would see it).
+        for step in PrefetchStep::ALL {
+            s.prefetch(step, &req.info_hash, addr);
+        }
         let result = s.announce(&req, numwant, both, &mut response);
         let family = |m: &std::collections::HashMap<SocketAddr, (bool, bool, u32)>, six: bool| {
             m.keys().filter(|a| a.is_ipv6() == six).count()

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use hashbrown::HashTable;
 use parking_lot::{Mutex, MutexGuard};
 
+use super::prefetch::prefetch_line;
 use crate::bittorrent::InfoHash;
 
 type Bucket<T> = (InfoHash, T);
@@ -54,6 +55,15 @@ impl<T> LockedTable<T> {
         }
     }
 
+    /// The guard, unless another thread holds the lock (prefetching never waits for one).
+    pub fn try_lock<'a>(&'a self, hasher: &'a Hasher) -> Option<TableGuard<'a, T>> {
+        Some(TableGuard {
+            buckets: self.buckets.try_lock()?,
+            hasher,
+            layout: self,
+        })
+    }
+
     /// Asks the CPU for the lines where `key`'s control bytes and bucket most likely are.
     pub fn prefetch(&self, hasher: &Hasher, key: &InfoHash) {
         let bucket0 = self.bucket0.load(Ordering::Relaxed);
@@ -74,7 +84,7 @@ impl<T> LockedTable<T> {
             bucket + size - 1,
             bucket.wrapping_sub(size),
         ] {
-            prefetch(address);
+            prefetch_line(address);
         }
     }
 
@@ -84,17 +94,6 @@ impl<T> LockedTable<T> {
         self.bucket0.store(bucket0, Ordering::Relaxed);
         self.mask.store(num_buckets - 1, Ordering::Relaxed);
     }
-}
-
-#[inline(always)]
-fn prefetch(address: usize) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint: it never faults and reads nothing into the program.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(address as *const i8);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = address;
 }
 
 /// The locked table; records the bucket layout for prefetching whenever it may have moved.

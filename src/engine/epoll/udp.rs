@@ -2,12 +2,13 @@
 //! (aquatic's mio backend makes one syscall per datagram.)
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 
 use super::super::sockets::sockaddr_to_std;
 use mio::net::UdpSocket;
 
-use crate::engine::PREFETCH_AHEAD;
+use crate::engine::prefetch_schedule;
 use crate::handler::{MAX_UDP_REQUEST_BYTES, UdpHandler};
 
 pub struct MmsgBatch {
@@ -87,28 +88,18 @@ impl MmsgBatch {
                 };
             }
             let received = received as usize;
-            let prefetch = |i: usize, handler: &UdpHandler| {
-                if i < received {
-                    let len = (self.recv_headers[i].msg_len as usize).min(MAX_UDP_REQUEST_BYTES);
-                    handler.prefetch(&self.recv_buffers[i][..len]);
-                }
-            };
-            for i in 0..PREFETCH_AHEAD {
-                prefetch(i, handler);
-            }
             self.send_to.clear();
             let mut answers = 0;
             for i in 0..received {
-                prefetch(i + PREFETCH_AHEAD, handler);
+                for (ahead, step) in prefetch_schedule(i, received) {
+                    if let Some(from) = self.source(ahead) {
+                        let len = self.recv_headers[ahead].msg_len as usize;
+                        let len = len.min(MAX_UDP_REQUEST_BYTES);
+                        handler.prefetch(step, &self.recv_buffers[ahead][..len], from);
+                    }
+                }
                 let header = &self.recv_headers[i];
-                // SAFETY: the kernel wrote msg_namelen bytes of address into recv_addrs[i].
-                let name = unsafe {
-                    std::slice::from_raw_parts(
-                        (&raw const self.recv_addrs[i]).cast::<u8>(),
-                        header.msg_hdr.msg_namelen as usize,
-                    )
-                };
-                let Some(from) = sockaddr_to_std(name) else {
+                let Some(from) = self.source(i) else {
                     continue;
                 };
                 if header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
@@ -131,6 +122,18 @@ impl MmsgBatch {
 
     /// Sends the first `count` responses. Datagrams the socket cannot take now are dropped:
     /// the client retries, as BEP 15 expects of a lossy transport.
+    /// The source address of received datagram `i`.
+    fn source(&self, i: usize) -> Option<SocketAddr> {
+        // SAFETY: the kernel wrote msg_namelen bytes of address into recv_addrs[i].
+        let name = unsafe {
+            std::slice::from_raw_parts(
+                (&raw const self.recv_addrs[i]).cast::<u8>(),
+                self.recv_headers[i].msg_hdr.msg_namelen as usize,
+            )
+        };
+        sockaddr_to_std(name)
+    }
+
     fn send(&mut self, fd: i32, count: usize) {
         for i in 0..count {
             self.send_iovecs[i] = libc::iovec {

@@ -18,8 +18,9 @@ use self::http::HttpConnections;
 pub use self::probe::probe;
 use self::udp::UdpSockets;
 use super::sockets::WorkerSockets;
-use super::{HttpLimits, PREFETCH_AHEAD, Shutdown, Wake};
+use super::{HttpLimits, Shutdown, Wake, prefetch_schedule};
 use crate::handler::{Handlers, HttpHandler, UdpHandler};
+use crate::swarm::PrefetchStep;
 
 /// Ring and buffer sizes; from config.
 #[derive(Clone, Debug)]
@@ -259,9 +260,9 @@ impl Ring {
 
     /// Starts fetching what a received datagram's answer will need (see
     /// [`UdpHandler::prefetch`]).
-    fn prefetch(&self, (user_data, result, flags): (u64, i32, u32)) {
+    fn prefetch(&self, step: PrefetchStep, (user_data, result, flags): (u64, i32, u32)) {
         if let Some((Op::UdpRecv, _)) = Op::decode(user_data) {
-            self.udp.prefetch(result, flags, &self.udp_handler);
+            self.udp.prefetch(step, result, flags, &self.udp_handler);
         }
     }
 
@@ -276,12 +277,9 @@ impl Ring {
                     .completion()
                     .map(|c| (c.user_data(), c.result(), c.flags())),
             );
-            for &completion in completions.iter().take(PREFETCH_AHEAD) {
-                self.prefetch(completion);
-            }
             for (i, &(user_data, result, flags)) in completions.iter().enumerate() {
-                if let Some(&ahead) = completions.get(i + PREFETCH_AHEAD) {
-                    self.prefetch(ahead);
+                for (ahead, step) in prefetch_schedule(i, completions.len()) {
+                    self.prefetch(step, completions[ahead]);
                 }
                 let Some((op, index)) = Op::decode(user_data) else {
                     continue;

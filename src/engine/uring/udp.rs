@@ -10,6 +10,7 @@ use super::buf_ring::BufRing;
 use super::{Op, Queue, RingSettings};
 use crate::engine::sockets::sockaddr_to_std;
 use crate::handler::{MAX_UDP_REQUEST_BYTES, UdpHandler};
+use crate::swarm::PrefetchStep;
 
 const UDP_GROUP: u16 = 0;
 /// io_uring_recvmsg_out (16 bytes) and the source address (up to a sockaddr_in6) precede the
@@ -108,8 +109,8 @@ impl UdpSockets {
         self.bufs.give_back(bid);
     }
 
-    /// The prefetch pass over a batch of completions (see [`UdpHandler::prefetch`]).
-    pub fn prefetch(&self, result: i32, flags: u32, handler: &UdpHandler) {
+    /// One prefetch step for a received datagram (see [`UdpHandler::prefetch`]).
+    pub fn prefetch(&self, step: PrefetchStep, result: i32, flags: u32, handler: &UdpHandler) {
         let Some(bid) = cqueue::buffer_select(flags) else {
             return;
         };
@@ -117,8 +118,10 @@ impl UdpSockets {
             return;
         }
         let data = self.bufs.buffer(bid, result as usize);
-        if let Ok(message) = types::RecvMsgOut::parse(data, &self.recv_header) {
-            handler.prefetch(message.payload_data());
+        if let Ok(message) = types::RecvMsgOut::parse(data, &self.recv_header)
+            && let Some(from) = sockaddr_to_std(message.name_data())
+        {
+            handler.prefetch(step, message.payload_data(), from);
         }
     }
 

@@ -110,11 +110,12 @@ fn bytes20_at(b: &[u8], at: usize) -> [u8; 20] {
     b[at..at + 20].try_into().expect("length checked")
 }
 
-/// The info hash of what looks like an announce, read without validating the rest: enough
-/// for the store to start fetching the torrent before the request is decoded for real.
-pub fn announce_info_hash(packet: &[u8]) -> Option<InfoHash> {
+/// The info hash and port of what looks like an announce, read without validating the rest:
+/// enough for the store to start fetching the torrent and the peer's entry before the request
+/// is decoded for real.
+pub fn announce_target(packet: &[u8]) -> Option<(InfoHash, u16)> {
     (packet.len() >= 98 && u32_at(packet, 8) == ACTION_ANNOUNCE)
-        .then(|| InfoHash(bytes20_at(packet, 16)))
+        .then(|| (InfoHash(bytes20_at(packet, 16)), u16_at(packet, 96)))
 }
 
 /// Decodes one request datagram. Never panics, whatever the bytes.
@@ -225,8 +226,8 @@ mod tests {
             (None, 0xABCD, None, 6881)
         );
         assert_eq!(a.info_hash, InfoHash([1; 20]));
-        assert_eq!(announce_info_hash(&p), Some(InfoHash([1; 20])));
-        assert_eq!(announce_info_hash(&p[..97]), None);
+        assert_eq!(announce_target(&p), Some((InfoHash([1; 20]), 6881)));
+        assert_eq!(announce_target(&p[..97]), None);
     }
 
     #[test]
