@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use hayate::bittorrent::{AnnounceEvent, AnnounceRequest, AnnounceResponse, InfoHash, PeerId};
 use hayate::clock::Clock;
-use hayate::swarm::{SwarmLimits, SwarmStore};
+use hayate::swarm::{PeerSelection, SwarmLimits, SwarmStore};
 
 const LIMITS: SwarmLimits = SwarmLimits {
     max_torrents: 1 << 24,
@@ -43,7 +43,7 @@ fn filled(torrents: u32, peers_per_torrent: u32) -> SwarmStore {
     for t in 0..torrents {
         for p in 0..peers_per_torrent {
             store
-                .announce(&request(t, p), 0, false, &mut response)
+                .announce(&request(t, p), 0, PeerSelection::default(), &mut response)
                 .unwrap();
         }
     }
@@ -63,7 +63,7 @@ fn announce(c: &mut Criterion) {
                 i = i.wrapping_add(7919);
                 let req = request(i % torrents, i % peers);
                 store
-                    .announce(black_box(&req), 50, true, &mut response)
+                    .announce(black_box(&req), 50, PeerSelection::ALL, &mut response)
                     .unwrap();
             })
         });
@@ -78,11 +78,11 @@ fn announce(c: &mut Criterion) {
             let mut req = request(i % 100_000, 10 + i % 1000);
             req.event = AnnounceEvent::Started;
             store
-                .announce(black_box(&req), 50, true, &mut response)
+                .announce(black_box(&req), 50, PeerSelection::ALL, &mut response)
                 .unwrap();
             req.event = AnnounceEvent::Stopped;
             store
-                .announce(black_box(&req), 50, true, &mut response)
+                .announce(black_box(&req), 50, PeerSelection::ALL, &mut response)
                 .unwrap();
         })
     });

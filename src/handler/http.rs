@@ -12,6 +12,7 @@ use crate::middleware::RequestContext;
 use crate::protocol::http::forwarded;
 use crate::protocol::http::response::{write_announce, write_failure, write_http, write_scrape};
 use crate::protocol::http::{HttpAnnounce, HttpRequest, decode_target};
+use crate::swarm::PeerSelection;
 
 const OK: &str = "200 OK";
 const TEXT: &str = "text/plain";
@@ -109,8 +110,12 @@ impl HttpHandler {
             Ok(HttpRequest::Announce(a)) => {
                 let mut request =
                     announce_request(&a, client.ip(), tracker.announce.allow_client_ip);
+                let selection = PeerSelection {
+                    both_families: true,
+                    peer_ids: !a.compact && !a.no_peer_id,
+                };
                 tracker
-                    .announce(&ctx, &mut request, true, &mut self.response)
+                    .announce(&ctx, &mut request, selection, &mut self.response)
                     .map(|()| {
                         write_announce(
                             &mut self.body,

@@ -8,7 +8,7 @@ use crate::bittorrent::{AnnounceRequest, AnnounceResponse, ClientError, InfoHash
 use crate::config::{AnnounceConfig, Config, parse_hex_key};
 use crate::middleware::{Middleware, Rejection, RequestContext};
 use crate::protocol::udp::ConnectionIdKey;
-use crate::swarm::SwarmStore;
+use crate::swarm::{PeerSelection, SwarmStore};
 
 /// Why a request was not served: the reason the client gets, and the kind the metrics count.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,7 +98,7 @@ impl Tracker {
         &self,
         ctx: &RequestContext<'_>,
         request: &mut AnnounceRequest,
-        both_families: bool,
+        selection: PeerSelection,
         response: &mut AnnounceResponse,
     ) -> Result<(), RequestError> {
         self.middleware.before_announce(ctx, request)?;
@@ -109,7 +109,7 @@ impl Tracker {
         response.interval = self.announce.interval_secs;
         response.min_interval = self.announce.min_interval_secs;
         self.store
-            .announce(request, numwant as usize, both_families, response)
+            .announce(request, numwant as usize, selection, response)
             .map_err(RequestError::LimitReached)?;
         self.middleware.after_announce(ctx, request, response);
         Ok(())

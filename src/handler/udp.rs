@@ -12,7 +12,7 @@ use crate::middleware::RequestContext;
 use crate::protocol::udp::request::{announce_target, scrape_hashes};
 use crate::protocol::udp::response::{write_announce, write_connect, write_error, write_scrape};
 use crate::protocol::udp::{UdpAnnounce, UdpDecodeError, UdpRequest, decode};
-use crate::swarm::PrefetchStep;
+use crate::swarm::{PeerSelection, PrefetchStep};
 
 /// Engines receive into buffers this large; a longer datagram is truncated and refused.
 pub const MAX_UDP_REQUEST_BYTES: usize = 2048;
@@ -179,7 +179,9 @@ impl UdpHandler {
             numwant: a.num_want,
             key: Some(a.key),
         };
-        tracker.announce(&ctx, &mut request, false, &mut self.response)?;
+        // One family's addresses, no peer ids: all a UDP reply can carry.
+        let selection = PeerSelection::default();
+        tracker.announce(&ctx, &mut request, selection, &mut self.response)?;
         write_announce(out, a.transaction_id, &self.response, client.is_ipv6());
         Ok(())
     }

@@ -29,6 +29,24 @@ use torrent_table::{Hasher, LockedTable, TableGuard};
 
 type Shard = LockedTable<Torrent>;
 
+/// What a reply will carry besides the announcing peer's own family's addresses, so the store
+/// reads no more than the protocol sends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerSelection {
+    /// Peers of the other address family too (HTTP; a UDP reply has one family's format).
+    pub both_families: bool,
+    /// Each peer's id (non-compact HTTP replies without `no_peer_id`).
+    pub peer_ids: bool,
+}
+
+impl PeerSelection {
+    /// Both families, with peer ids: everything the store has.
+    pub const ALL: PeerSelection = PeerSelection {
+        both_families: true,
+        peer_ids: true,
+    };
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct SwarmLimits {
     pub max_torrents: usize,
@@ -222,12 +240,12 @@ impl SwarmStore {
     }
 
     /// Records the announce and fills `response` with counts and up to `numwant` other peers:
-    /// the announcing peer's family first, then (if `both_families`) the other family.
+    /// the announcing peer's family first, then (if `selection.both_families`) the other one.
     pub fn announce(
         &self,
         request: &AnnounceRequest,
         numwant: usize,
-        both_families: bool,
+        selection: PeerSelection,
         response: &mut AnnounceResponse,
     ) -> Result<(), ClientError> {
         response.peers.clear();
@@ -326,14 +344,18 @@ impl SwarmStore {
                         Some(V4Key::new(*a.ip(), a.port())),
                         numwant,
                         seeder,
+                        selection.peer_ids,
                         &mut response.peers,
                     );
                 }
-                if both_families && let Some(v6) = v6 {
+                if selection.both_families
+                    && let Some(v6) = v6
+                {
                     v6.select(
                         None,
                         numwant - response.peers.len(),
                         seeder,
+                        selection.peer_ids,
                         &mut response.peers,
                     );
                 }
@@ -344,14 +366,18 @@ impl SwarmStore {
                         Some(V6Key::new(*a.ip(), a.port())),
                         numwant,
                         seeder,
+                        selection.peer_ids,
                         &mut response.peers,
                     );
                 }
-                if both_families && let Some(v4) = v4 {
+                if selection.both_families
+                    && let Some(v4) = v4
+                {
                     v4.select(
                         None,
                         numwant - response.peers.len(),
                         seeder,
+                        selection.peer_ids,
                         &mut response.peers,
                     );
                 }

@@ -37,7 +37,7 @@ fn request(ip: &str, port: u16, left: u64, event: AnnounceEvent) -> AnnounceRequ
 fn announce(store: &SwarmStore, req: &AnnounceRequest, numwant: usize) -> AnnounceResponse {
     let mut response = AnnounceResponse::default();
     store
-        .announce(req, numwant, true, &mut response)
+        .announce(req, numwant, PeerSelection::ALL, &mut response)
         .expect("announce accepted");
     response
 }
@@ -122,7 +122,7 @@ fn ipv4_and_ipv6_peers_are_apart_and_own_family_comes_first() {
     s.announce(
         &request("::6", 6, 5, AnnounceEvent::None),
         50,
-        true,
+        PeerSelection::ALL,
         &mut response,
     )
     .unwrap();
@@ -139,7 +139,7 @@ fn ipv4_and_ipv6_peers_are_apart_and_own_family_comes_first() {
     s.announce(
         &request("::6", 6, 5, AnnounceEvent::None),
         50,
-        false,
+        PeerSelection::default(),
         &mut response,
     )
     .unwrap();
@@ -182,7 +182,7 @@ fn limits_refuse_new_torrents_and_peers_with_a_reason() {
     let err = s.announce(
         &request("10.0.0.3", 3, 5, AnnounceEvent::None),
         50,
-        true,
+        PeerSelection::ALL,
         &mut response,
     );
     assert_eq!(err, Err(TORRENT_FULL));
@@ -191,7 +191,7 @@ fn limits_refuse_new_torrents_and_peers_with_a_reason() {
     let mut other = request("10.0.0.1", 1, 5, AnnounceEvent::None);
     other.info_hash = InfoHash([2; 20]);
     assert_eq!(
-        s.announce(&other, 50, true, &mut response),
+        s.announce(&other, 50, PeerSelection::ALL, &mut response),
         Err(TRACKER_FULL)
     );
     assert_eq!(s.totals().torrents, 1);
@@ -425,7 +425,7 @@ fn a_refused_peer_leaves_no_empty_torrent_in_either_family() {
         let err = s.announce(
             &request(ip, 1, 5, AnnounceEvent::None),
             50,
-            true,
+            PeerSelection::ALL,
             &mut response,
         );
         assert_eq!(err, Err(TORRENT_FULL));
@@ -473,7 +473,15 @@ fn random_operations_agree_with_a_simple_model() {
         for step in PrefetchStep::ALL {
             s.prefetch(step, &req.info_hash, addr);
         }
-        let result = s.announce(&req, numwant, both, &mut response);
+        let result = s.announce(
+            &req,
+            numwant,
+            PeerSelection {
+                both_families: both,
+                peer_ids: true,
+            },
+            &mut response,
+        );
         let family = |m: &std::collections::HashMap<SocketAddr, (bool, bool, u32)>, six: bool| {
             m.keys().filter(|a| a.is_ipv6() == six).count()
         };
