@@ -239,7 +239,7 @@ impl<K> Default for PeerMap<K> {
 }
 
 impl<K: PeerKey> Large<K> {
-    fn from_entries(small: Box<[Entry<K>]>, extra: usize) -> Self {
+    fn from_entries(small: &[Entry<K>], extra: usize) -> Self {
         let capacity = small.len() + extra;
         let (mut hot, mut cold) = (Vec::with_capacity(capacity), Vec::with_capacity(capacity));
         for entry in small.iter() {
@@ -404,7 +404,7 @@ impl<K: PeerKey> PeerMap<K> {
                     grown.push(entry);
                     *entries = grown.into_boxed_slice();
                 } else {
-                    let mut large = Large::from_entries(std::mem::take(entries), SMALL_MAX / 4);
+                    let mut large = Large::from_entries(entries, SMALL_MAX / 4);
                     large.push(entry);
                     *self = PeerMap::Large(Box::new(large));
                 }
