@@ -113,6 +113,37 @@ fn numwant_bounds_the_peers_and_they_come_from_a_random_window() {
     );
 }
 
+/// Replies that carry no peer ids get none, in small and large swarms alike (a large swarm
+/// keeps them apart and does not read them then).
+#[test]
+fn peer_ids_are_given_only_when_the_reply_carries_them() {
+    for peers in [40u16, 200] {
+        let s = store_with(SwarmLimits {
+            max_torrents: 1,
+            max_peers_per_torrent: 1000,
+            peer_lifetime_secs: 60,
+        });
+        for i in 1..=peers {
+            let ip = format!("10.0.{}.{}", i / 200, i % 200 + 1);
+            announce(&s, &request(&ip, i, 5, AnnounceEvent::None), 0);
+        }
+        for peer_ids in [true, false] {
+            let mut response = AnnounceResponse::default();
+            let selection = PeerSelection {
+                both_families: false,
+                peer_ids,
+            };
+            let req = request("10.9.9.9", 999, 5, AnnounceEvent::None);
+            s.announce(&req, 30, selection, &mut response).unwrap();
+            assert_eq!(response.peers.len(), 30);
+            for p in &response.peers {
+                let id = if peer_ids { p.addr.port() as u8 } else { 0 };
+                assert_eq!(p.peer_id, PeerId([id; 20]), "{peers} peers, {p:?}");
+            }
+        }
+    }
+}
+
 #[test]
 fn ipv4_and_ipv6_peers_are_apart_and_own_family_comes_first() {
     let s = store();
