@@ -45,6 +45,9 @@ pub fn bind_all(options: &SocketOptions) -> anyhow::Result<BoundSockets> {
         for addr in &mut http_addrs {
             let socket = bind(*addr, Type::STREAM, 0)
                 .with_context(|| format!("bind TCP listener on {addr}"))?;
+            // Accepted connections inherit it, which saves a setsockopt per connection.
+            // Replies are one write each: Nagle would only delay them.
+            socket.set_tcp_nodelay(true)?;
             socket
                 .listen(1024)
                 .with_context(|| format!("listen on {addr}"))?;

@@ -99,17 +99,6 @@ impl HttpConnections {
             return; // dropping fd closes it
         }
         let Some(peer) = peer_addr(&fd) else { return };
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt with a live int.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_NODELAY,
-                (&raw const one).cast(),
-                4,
-            )
-        };
         let key = self.slab.insert(Conn {
             fd,
             http: HttpConnection::new(peer, self.max_request_bytes),
