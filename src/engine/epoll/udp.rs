@@ -120,8 +120,6 @@ impl MmsgBatch {
         }
     }
 
-    /// Sends the first `count` responses. Datagrams the socket cannot take now are dropped:
-    /// the client retries, as BEP 15 expects of a lossy transport.
     /// The source address of received datagram `i`.
     fn source(&self, i: usize) -> Option<SocketAddr> {
         // SAFETY: the kernel wrote msg_namelen bytes of address into recv_addrs[i].
@@ -134,6 +132,8 @@ impl MmsgBatch {
         sockaddr_to_std(name)
     }
 
+    /// Sends the first `count` responses. Datagrams the socket cannot take now are dropped:
+    /// the client retries, as BEP 15 expects of a lossy transport.
     fn send(&mut self, fd: i32, count: usize) {
         for i in 0..count {
             self.send_iovecs[i] = libc::iovec {
