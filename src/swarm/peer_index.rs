@@ -1,25 +1,23 @@
 //! A large swarm's index: where each peer's entry is in the swarm's dense entry list.
 //!
 //! The index stores only positions (4 bytes a bucket) and compares keys through the entries,
-//! which the announce reads anyway. It records where its buckets are, like the torrent
-//! table does (see `torrent_table`), so the lines an announce will need can be prefetched
-//! before the announce is answered; nothing reads through the recorded addresses.
+//! which the announce reads anyway. It records its [`BucketLayout`], like the torrent table
+//! does, so the lines an announce will need can be prefetched before the announce is
+//! answered; nothing reads through the recorded addresses.
 
 use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
 
 use super::peer_map::PeerKey;
-use super::prefetch::prefetch_line;
+use super::prefetch::{BucketLayout, prefetch_line};
 
 pub(super) struct PeerIndex {
     positions: HashTable<u32>,
     /// Keyed: a large swarm's addresses are chosen by whoever announces into it.
     hasher: foldhash::fast::RandomState,
-    /// Address of bucket 0 (buckets go downwards from there), 0 while unallocated.
-    bucket0: usize,
-    /// Number of buckets minus one.
-    mask: usize,
+    /// Recorded whenever the table may have moved.
+    layout: BucketLayout,
 }
 
 impl PeerIndex {
@@ -28,8 +26,7 @@ impl PeerIndex {
         let mut index = PeerIndex {
             positions: HashTable::with_capacity(capacity),
             hasher: foldhash::fast::RandomState::default(),
-            bucket0: 0,
-            mask: 0,
+            layout: BucketLayout::default(),
         };
         let hasher = index.hasher.clone();
         let hashes: Vec<u64> = keys.map(|key| hasher.hash_one(key)).collect();
@@ -39,11 +36,11 @@ impl PeerIndex {
                 .positions
                 .insert_unique(hash, position as u32, |&p| hashes[p as usize]);
         }
-        index.note_layout();
+        index.layout = BucketLayout::of(&index.positions);
         index
     }
 
-    pub fn hash<K: PeerKey>(&self, key: K) -> u64 {
+    fn hash<K: PeerKey>(&self, key: K) -> u64 {
         self.hasher.hash_one(key)
     }
 
@@ -62,8 +59,8 @@ impl PeerIndex {
         let grows = self.positions.len() == self.positions.capacity();
         self.positions
             .insert_unique(hash, position, |&p| hasher.hash_one(key_at(p)));
-        if grows || self.bucket0 == 0 {
-            self.note_layout();
+        if grows || self.layout.bucket0 == 0 {
+            self.layout = BucketLayout::of(&self.positions);
         }
     }
 
@@ -91,20 +88,16 @@ impl PeerIndex {
             let hasher = &self.hasher;
             self.positions
                 .shrink_to(len, |&p| hasher.hash_one(key_at(p)));
-            self.note_layout();
+            self.layout = BucketLayout::of(&self.positions);
         }
     }
 
     /// Asks for the control bytes and bucket where `key`'s position most likely is.
     pub fn prefetch_slot<K: PeerKey>(&self, key: K) {
-        if self.bucket0 == 0 {
-            return;
+        if let Some((control, bucket)) = self.layout.probe_start::<u32>(self.hash(key)) {
+            prefetch_line(control);
+            prefetch_line(bucket);
         }
-        let position = self.hash(key) as usize & self.mask;
-        let size = size_of::<u32>();
-        // Control bytes start right after bucket 0; buckets go downwards.
-        prefetch_line(self.bucket0 + size + position);
-        prefetch_line(self.bucket0.wrapping_sub(position * size));
     }
 
     /// Calls `prefetch` with the first position whose hash tag matches `key`'s, reading only
@@ -114,15 +107,5 @@ impl PeerIndex {
             prefetch(p);
             true
         });
-    }
-
-    /// Records where bucket 0 is, from any full bucket.
-    fn note_layout(&mut self) {
-        self.bucket0 = 0;
-        if let Some(index) = self.positions.iter_buckets().next() {
-            let full = self.positions.get_bucket(index).expect("a full bucket");
-            self.bucket0 = (&raw const *full) as usize + index * size_of::<u32>();
-            self.mask = self.positions.num_buckets() - 1;
-        }
     }
 }

@@ -6,12 +6,9 @@
 //! ask for those lines a few requests before it needs them ([`LockedTable::prefetch`]): the
 //! misses then overlap with other work instead of stalling it.
 //!
-//! A prefetch has to know where a key's bucket lives, which `hashbrown`'s API does not say.
-//! Its layout is stable and simple (buckets stored downwards from the control bytes, a probe
-//! starting at `hash & mask`), so the table records, under the lock, where bucket 0 is and
-//! how many buckets there are, in atomics a prefetch reads without the lock. Were the layout
-//! ever to change, prefetches would touch the wrong lines and cost a few cycles: nothing reads
-//! through these addresses, so correctness never depends on them.
+//! A prefetch has to know where a key's bucket lives, so the table records its
+//! [`BucketLayout`] under the lock, whenever it may have moved, in atomics a prefetch reads
+//! without the lock.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use hashbrown::HashTable;
 use parking_lot::{Mutex, MutexGuard};
 
-use super::prefetch::prefetch_line;
+use super::prefetch::{BucketLayout, prefetch_line};
 use crate::bittorrent::InfoHash;
 
 type Bucket<T> = (InfoHash, T);
@@ -66,18 +63,16 @@ impl<T> LockedTable<T> {
 
     /// Asks the CPU for the lines where `key`'s control bytes and bucket most likely are.
     pub fn prefetch(&self, hasher: &Hasher, key: &InfoHash) {
-        let bucket0 = self.bucket0.load(Ordering::Relaxed);
-        if bucket0 == 0 {
+        let layout = BucketLayout {
+            bucket0: self.bucket0.load(Ordering::Relaxed),
+            mask: self.mask.load(Ordering::Relaxed),
+        };
+        let Some((control, bucket)) = layout.probe_start::<Bucket<T>>(hasher.hash_one(key)) else {
             return;
-        }
-        let mask = self.mask.load(Ordering::Relaxed);
-        let position = hasher.hash_one(key) as usize & mask;
+        };
         let size = size_of::<Bucket<T>>();
-        // Control bytes start right after bucket 0; the key is in the probe's first group
-        // (16 control bytes) unless the table is crowded, most often at its first bucket or
-        // the next one down.
-        let control = bucket0 + size + position;
-        let bucket = bucket0.wrapping_sub(position * size);
+        // The key is in the probe's first group (16 control bytes) unless the table is
+        // crowded, most often at its first bucket or the next one down.
         for address in [
             control,
             bucket,
@@ -88,11 +83,10 @@ impl<T> LockedTable<T> {
         }
     }
 
-    /// Records where the buckets are, from the address of the full bucket at `index`.
-    fn note_layout(&self, index: usize, address: usize, num_buckets: usize) {
-        let bucket0 = address + index * size_of::<Bucket<T>>();
-        self.bucket0.store(bucket0, Ordering::Relaxed);
-        self.mask.store(num_buckets - 1, Ordering::Relaxed);
+    /// Records where the buckets are.
+    fn note_layout(&self, layout: BucketLayout) {
+        self.bucket0.store(layout.bucket0, Ordering::Relaxed);
+        self.mask.store(layout.mask, Ordering::Relaxed);
     }
 }
 
@@ -145,7 +139,7 @@ impl<T> TableGuard<'_, T> {
         let address = (&raw const *inserted.get()) as usize;
         let buckets = inserted.into_table();
         self.layout
-            .note_layout(index, address, buckets.num_buckets());
+            .note_layout(BucketLayout::at(buckets, index, address));
         Some(&mut buckets.get_bucket_mut(index).expect("just inserted").1)
     }
 
@@ -172,15 +166,7 @@ impl<T> TableGuard<'_, T> {
         if buckets.capacity() > 64 && buckets.len() < buckets.capacity() / 4 {
             buckets.shrink_to_fit(|(k, _)| hasher.hash_one(k));
             // The table moved: find bucket 0 again from any full bucket.
-            match buckets.iter_buckets().next() {
-                Some(index) => {
-                    let full = buckets.get_bucket(index).expect("a full bucket");
-                    let address = (&raw const *full) as usize;
-                    self.layout
-                        .note_layout(index, address, buckets.num_buckets());
-                }
-                None => self.layout.bucket0.store(0, Ordering::Relaxed),
-            }
+            self.layout.note_layout(BucketLayout::of(buckets));
         }
     }
 }
