@@ -9,7 +9,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use hayate::bittorrent::{AnnounceResponse, PeerId, ResponsePeer};
 use hayate::clock::Clock;
 use hayate::config::Config;
-use hayate::handler::{HttpConnection, HttpHandler, Tracker, UdpHandler};
+use hayate::handler::{ConnectionRules, HttpConnection, HttpHandler, Tracker, UdpHandler};
 use hayate::middleware::Middleware;
 use hayate::protocol::{http, udp};
 use hayate::swarm::{SwarmLimits, SwarmStore};
@@ -149,7 +149,13 @@ fn request_path(c: &mut Criterion) {
         b" HTTP/1.1\r\nHost: tracker\r\nUser-Agent: bench\r\n\r\n",
     ]
     .concat();
-    let mut conn = HttpConnection::new(client, 8192);
+    let mut conn = HttpConnection::new(
+        client,
+        ConnectionRules {
+            max_request_bytes: 8192,
+            keep_alive: true,
+        },
+    );
     c.bench_function("http/connection_announce_keep_alive", |b| {
         b.iter(|| {
             conn.received(black_box(&request), &mut http);

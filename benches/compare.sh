@@ -14,7 +14,8 @@
 # http-uring-vs-null          io_uring, keep-alive        null HTTP server
 # http-epoll-vs-null          epoll, keep-alive           null HTTP server
 # http-uring-vs-aquatic       io_uring, keep-alive        aquatic_http
-# http-close-vs-opentracker   io_uring, no keep-alive     opentracker
+# http-close-vs-opentracker   io_uring, keep_alive: false opentracker (both close after one answer)
+# http-close-default-vs-opentracker  io_uring, default config (keep-alive) opentracker
 # udp-hooks                   io_uring, hooks on          io_uring, no hooks
 # http-hooks                  io_uring, hooks on          io_uring, no hooks
 # udp-vs-baseline             io_uring, no hooks          BASELINE, io_uring, no hooks
@@ -35,7 +36,7 @@ trap 'rm -rf "$CONF"' EXIT
 [ -x "$HAYATE" ] || (cd "$ROOT" && cargo build --release --locked)
 "$BENCH/references.sh" install >&2
 
-# config NAME ENGINE PROTO PORT [hooks]
+# config NAME ENGINE PROTO PORT [hooks|no-keep-alive]
 config() {
   local file="$CONF/$1.yaml"
   {
@@ -49,7 +50,9 @@ config() {
       echo "http: {enabled: false}"
     else
       echo "udp: {enabled: false}"
-      echo "http: {bind: [\"127.0.0.1:$4\"], max_connections: 20000}"
+      local keep_alive=""
+      [ "${5:-}" = no-keep-alive ] && keep_alive=", keep_alive: false"
+      echo "http: {bind: [\"127.0.0.1:$4\"], max_connections: 20000$keep_alive}"
     fi
     if [ "${5:-}" = hooks ]; then
       # Every hook that can run under the load testers, each letting the load through, so the
@@ -79,7 +82,8 @@ run() {
     http-uring-vs-null) A=$(ref null-http 3001); B="$HAYATE --config $(config b io_uring http 3001)"; P=http ;;
     http-epoll-vs-null) A=$(ref null-http 3001); B="$HAYATE --config $(config b epoll http 3001)"; P=http ;;
     http-uring-vs-aquatic) A=$(ref aquatic_http 3001); B="$HAYATE --config $(config b io_uring http 3001)"; P=http ;;
-    http-close-vs-opentracker) A=$(ref opentracker-http 3001); B="$HAYATE --config $(config b io_uring http 3001)"; P=http-close ;;
+    http-close-vs-opentracker) A=$(ref opentracker-http 3001); B="$HAYATE --config $(config b io_uring http 3001 no-keep-alive)"; P=http-close ;;
+    http-close-default-vs-opentracker) A=$(ref opentracker-http 3001); B="$HAYATE --config $(config b io_uring http 3001)"; P=http-close ;;
     udp-hooks) A="$HAYATE --config $(config a io_uring udp 3000)"; B="$HAYATE --config $(config b io_uring udp 3000 hooks)"; P=udp ;;
     http-hooks) A="$HAYATE --config $(config a io_uring http 3001)"; B="$HAYATE --config $(config b io_uring http 3001 hooks)"; P=http ;;
     udp-vs-baseline) A="$BASELINE --config $(config base io_uring udp 3000)"; B="$HAYATE --config $(config b io_uring udp 3000)"; P=udp ;;
@@ -96,6 +100,6 @@ run() {
 if [ $# -eq 0 ]; then
   set -- udp-uring-vs-null udp-uring-vs-null-mmsg udp-uring-vs-aquatic udp-epoll-vs-aquatic-mio \
     udp-epoll-vs-null-mmsg http-uring-vs-null http-epoll-vs-null http-uring-vs-aquatic \
-    http-close-vs-opentracker udp-hooks http-hooks udp-vs-baseline http-vs-baseline
+    http-close-vs-opentracker http-close-default-vs-opentracker udp-hooks http-hooks udp-vs-baseline http-vs-baseline
 fi
 for name in "$@"; do run "$name"; done

@@ -10,7 +10,7 @@ use common::{UdpAnnounce, UdpReply, parse_http_replies, parse_udp_reply, urlenco
 use hayate::bittorrent::{AnnounceEvent, AnnounceResponse, PeerId, ResponsePeer};
 use hayate::clock::Clock;
 use hayate::config::Config;
-use hayate::handler::{HttpConnection, HttpHandler, Tracker, UdpHandler};
+use hayate::handler::{ConnectionRules, HttpConnection, HttpHandler, Tracker, UdpHandler};
 use hayate::middleware::Middleware;
 use hayate::protocol::http::{HttpRequest, decode_target};
 use hayate::protocol::udp::{self, UdpRequest};
@@ -60,6 +60,11 @@ fn peer_strategy() -> impl Strategy<Value = ResponsePeer> {
             }
         })
 }
+
+const RULES: ConnectionRules = ConnectionRules {
+    max_request_bytes: 1024,
+    keep_alive: true,
+};
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
@@ -165,7 +170,7 @@ proptest! {
         chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 1..10),
     ) {
         let mut handler = HttpHandler::new(tracker(), Default::default());
-        let mut conn = HttpConnection::new("[::1]:5000".parse().unwrap(), 1024);
+        let mut conn = HttpConnection::new("[::1]:5000".parse().unwrap(), RULES);
         for chunk in &chunks {
             conn.received(chunk, &mut handler);
         }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -346,6 +346,33 @@ fn http_1_0_and_connection_close_end_the_connection() {
             format!("GET {target} HTTP/1.1\r\nConnection: close\r\n\r\n").as_bytes(),
         );
         assert_eq!(parse_http_replies(&raw).len(), 1);
+    }
+}
+
+#[test]
+fn without_keep_alive_every_connection_ends_after_one_answer() {
+    for engine in engines() {
+        let mut config = test_config(engine);
+        config.http.keep_alive = false;
+        let t = TestServer::start(config);
+        let target = announce_target(hash(10), 1, 1, 0, "");
+        for ipv6 in [false, true] {
+            // HTTP/1.1 with no Connection header would stay open; here it gets one answer that
+            // says so, then the end of the stream (not the read timeout).
+            let mut stream = TcpStream::connect(t.http(ipv6)).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            stream
+                .write_all(format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+                .unwrap();
+            let mut raw = Vec::new();
+            stream.read_to_end(&mut raw).expect("closed by the tracker");
+            let replies = parse_http_replies(&raw);
+            assert_eq!(replies.len(), 1);
+            assert_eq!(replies[0].status, 200);
+            assert_eq!(replies[0].header("connection"), Some("close"));
+        }
     }
 }
 

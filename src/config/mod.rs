@@ -100,6 +100,7 @@ pub struct HttpConfig {
     pub max_connections: usize,
     pub max_request_bytes: usize,
     pub idle_timeout_secs: u32,
+    pub keep_alive: bool,
     pub max_scrape_hashes: usize,
     pub reverse_proxy: ReverseProxyConfig,
 }
@@ -218,6 +219,7 @@ impl Default for HttpConfig {
             max_connections: 10_000,
             max_request_bytes: 8192,
             idle_timeout_secs: 30,
+            keep_alive: true,
             max_scrape_hashes: 64,
             reverse_proxy: ReverseProxyConfig::default(),
         }

@@ -12,6 +12,7 @@ pub use shutdown::{Shutdown, Wake};
 use std::time::Duration;
 
 use crate::config::HttpConfig;
+use crate::handler::ConnectionRules;
 use crate::swarm::PrefetchStep;
 
 /// How many received items apart an engine runs the successive prefetch steps of one datagram
@@ -44,8 +45,8 @@ pub fn prefetch_schedule(i: usize, n: usize) -> impl Iterator<Item = (usize, Pre
 #[derive(Clone, Copy, Debug)]
 pub struct HttpLimits {
     pub max_connections_per_worker: usize,
-    pub max_request_bytes: usize,
     pub idle_timeout: Duration,
+    pub connection: ConnectionRules,
 }
 
 impl HttpLimits {
@@ -53,8 +54,11 @@ impl HttpLimits {
     pub fn new(config: &HttpConfig, workers: usize) -> Self {
         HttpLimits {
             max_connections_per_worker: config.max_connections.div_ceil(workers),
-            max_request_bytes: config.max_request_bytes,
             idle_timeout: Duration::from_secs(u64::from(config.idle_timeout_secs)),
+            connection: ConnectionRules {
+                max_request_bytes: config.max_request_bytes,
+                keep_alive: config.keep_alive,
+            },
         }
     }
 }

@@ -18,18 +18,27 @@ pub struct HttpConnection {
     written: usize,
     /// Close once `output` is flushed (HTTP/1.0, `Connection: close`, or an error).
     closing: bool,
-    max_request_bytes: usize,
+    rules: ConnectionRules,
+}
+
+/// What every connection of a listener allows; from the `http` config.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionRules {
+    /// Larger requests (request line and headers) get 431 and the connection is closed.
+    pub max_request_bytes: usize,
+    /// Whether a connection may stay open for further requests (`http.keep_alive`).
+    pub keep_alive: bool,
 }
 
 impl HttpConnection {
-    pub fn new(peer: SocketAddr, max_request_bytes: usize) -> Self {
+    pub fn new(peer: SocketAddr, rules: ConnectionRules) -> Self {
         HttpConnection {
             peer,
             input: Vec::new(),
             output: Vec::new(),
             written: 0,
             closing: false,
-            max_request_bytes,
+            rules,
         }
     }
 
@@ -58,12 +67,14 @@ impl HttpConnection {
                         self.fail("400 Bad Request", "request bodies are not supported");
                         break;
                     }
-                    let close = request.version != Some(1) || wants_close(&request);
+                    let close = !self.rules.keep_alive
+                        || request.version != Some(1)
+                        || wants_close(&request);
                     handler.handle(&request, self.peer, close, &mut self.output);
                     self.closing |= close;
                 }
                 Ok(httparse::Status::Partial) => {
-                    if pending.len() > self.max_request_bytes {
+                    if pending.len() > self.rules.max_request_bytes {
                         self.fail("431 Request Header Fields Too Large", "request too large");
                     }
                     break;

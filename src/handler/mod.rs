@@ -10,7 +10,7 @@ mod tracker;
 mod udp;
 
 pub use http::HttpHandler;
-pub use http_connection::HttpConnection;
+pub use http_connection::{ConnectionRules, HttpConnection};
 pub use tracker::{RequestError, Tracker};
 pub use udp::{MAX_UDP_REQUEST_BYTES, UdpHandler};
 

@@ -9,7 +9,7 @@ use mio::{Interest, Registry, Token};
 use slab::Slab;
 
 use super::{EpollSettings, FIRST_CONNECTION};
-use crate::handler::{HttpConnection, HttpHandler};
+use crate::handler::{ConnectionRules, HttpConnection, HttpHandler};
 
 struct Connection {
     stream: TcpStream,
@@ -21,7 +21,7 @@ struct Connection {
 pub struct HttpConnections {
     slab: Slab<Connection>,
     max: usize,
-    max_request_bytes: usize,
+    connection_rules: ConnectionRules,
     idle_timeout: Duration,
     read_buffer: Box<[u8]>,
 }
@@ -31,7 +31,7 @@ impl HttpConnections {
         HttpConnections {
             slab: Slab::new(),
             max: settings.http.max_connections_per_worker,
-            max_request_bytes: settings.http.max_request_bytes,
+            connection_rules: settings.http.connection,
             idle_timeout: settings.http.idle_timeout,
             read_buffer: vec![0; 16 * 1024].into_boxed_slice(),
         }
@@ -57,7 +57,7 @@ impl HttpConnections {
                     }
                     entry.insert(Connection {
                         stream,
-                        http: HttpConnection::new(peer, self.max_request_bytes),
+                        http: HttpConnection::new(peer, self.connection_rules),
                         last_active: Instant::now(),
                         wants_writable: false,
                     });

@@ -12,7 +12,7 @@ use slab::Slab;
 
 use super::buf_ring::BufRing;
 use super::{Op, Queue, RingSettings};
-use crate::handler::{HttpConnection, HttpHandler};
+use crate::handler::{ConnectionRules, HttpConnection, HttpHandler};
 
 const HTTP_GROUP: u16 = 1;
 
@@ -33,7 +33,7 @@ pub struct HttpConnections {
     first_listener: u32,
     slab: Slab<Conn>,
     max: usize,
-    max_request_bytes: usize,
+    connection_rules: ConnectionRules,
     idle_timeout: Duration,
 }
 
@@ -57,7 +57,7 @@ impl HttpConnections {
             first_listener: first_listener as u32,
             slab: Slab::new(),
             max: settings.http.max_connections_per_worker,
-            max_request_bytes: settings.http.max_request_bytes,
+            connection_rules: settings.http.connection,
             idle_timeout: settings.http.idle_timeout,
         };
         for listener in 0..listeners {
@@ -101,7 +101,7 @@ impl HttpConnections {
         let Some(peer) = peer_addr(&fd) else { return };
         let key = self.slab.insert(Conn {
             fd,
-            http: HttpConnection::new(peer, self.max_request_bytes),
+            http: HttpConnection::new(peer, self.connection_rules),
             send_buf: Vec::new(),
             sent: 0,
             sending: false,
