@@ -44,17 +44,39 @@ impl HttpConnection {
 
     /// Takes received bytes and answers every complete request among them.
     pub fn received(&mut self, data: &[u8], handler: &mut HttpHandler) {
-        if !self.closing {
-            self.input.extend_from_slice(data);
+        if self.closing {
+            return;
         }
-        self.process(handler);
+        if self.input.is_empty() {
+            // The usual case: whole requests in one receive, answered straight from the
+            // receive buffer; only a partial request's bytes are kept.
+            let consumed = self.answer(data, handler);
+            if !self.closing {
+                self.input.extend_from_slice(&data[consumed..]);
+            }
+        } else {
+            self.input.extend_from_slice(data);
+            self.process(handler);
+        }
     }
 
     /// Answers the complete requests waiting in the input, unless too much output is pending.
     pub fn process(&mut self, handler: &mut HttpHandler) {
+        let mut input = std::mem::take(&mut self.input);
+        let consumed = self.answer(&input, handler);
+        input.drain(..consumed);
+        if self.closing {
+            input.clear();
+        }
+        self.input = input;
+    }
+
+    /// Answers the complete requests at the start of `input` until one is incomplete, the
+    /// connection is to close, or too much output is pending; returns the bytes consumed.
+    fn answer(&mut self, input: &[u8], handler: &mut HttpHandler) -> usize {
         let mut consumed = 0;
         while !self.closing && self.output.len() - self.written < MAX_PENDING_OUTPUT {
-            let pending = &self.input[consumed..];
+            let pending = &input[consumed..];
             if pending.is_empty() {
                 break;
             }
@@ -89,10 +111,7 @@ impl HttpConnection {
                 }
             }
         }
-        self.input.drain(..consumed);
-        if self.closing {
-            self.input.clear();
-        }
+        consumed
     }
 
     fn fail(&mut self, status: &str, body: &str) {
@@ -124,9 +143,14 @@ impl HttpConnection {
     /// buffer that stays put while the kernel reads it.
     pub fn take_output(&mut self, into: &mut Vec<u8>) {
         into.clear();
-        into.extend_from_slice(&self.output[self.written..]);
-        self.output.clear();
-        self.written = 0;
+        if self.written == 0 {
+            // Trade buffers rather than copy: `output` gets `into`'s emptied allocation.
+            std::mem::swap(&mut self.output, into);
+        } else {
+            into.extend_from_slice(&self.output[self.written..]);
+            self.output.clear();
+            self.written = 0;
+        }
     }
 
     /// Whether complete requests wait (they were held back by pending output).
