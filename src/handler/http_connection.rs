@@ -16,7 +16,8 @@ pub struct HttpConnection {
     output: Vec<u8>,
     /// Bytes of `output` already written to the socket.
     written: usize,
-    /// Close once `output` is flushed (HTTP/1.0, `Connection: close`, or an error).
+    /// Close once `output` is flushed (HTTP/1.0, `Connection: close`, `http.keep_alive: false`,
+    /// or an error).
     closing: bool,
     rules: ConnectionRules,
 }
