@@ -45,10 +45,11 @@ impl UdpHandler {
     /// successive announces overlap rather than add up (profiled: with a million torrents,
     /// the store's misses were most of an announce's time).
     pub fn prefetch(&self, step: PrefetchStep, packet: &[u8], client: SocketAddr) {
-        if let Some((info_hash, port)) = announce_target(packet) {
+        if let Some(target) = announce_target(packet) {
             // The client's own address: the one the announce most likely stores.
-            let peer = SocketAddr::new(client.ip().to_canonical(), port);
-            self.tracker.store.prefetch(step, &info_hash, peer);
+            let peer = SocketAddr::new(client.ip().to_canonical(), target.port);
+            let store = &self.tracker.store;
+            store.prefetch(step, &target.info_hash, peer, target.seeder);
         }
     }
 

@@ -215,7 +215,13 @@ impl SwarmStore {
     /// Engines run the steps in order a few datagrams before they answer the announce, so
     /// its cache misses overlap with the work before it. A wrong guess (another peer address,
     /// a table that changed meanwhile) wastes a prefetch and changes nothing.
-    pub fn prefetch(&self, step: PrefetchStep, info_hash: &InfoHash, peer: SocketAddr) {
+    pub fn prefetch(
+        &self,
+        step: PrefetchStep,
+        info_hash: &InfoHash,
+        peer: SocketAddr,
+        seeder: bool,
+    ) {
         let shard = self.shard(info_hash);
         if step == PrefetchStep::Torrent {
             shard.prefetch(&self.hasher, info_hash);
@@ -230,10 +236,14 @@ impl SwarmStore {
             return;
         };
         match peer {
-            SocketAddr::V4(a) => torrent.v4.prefetch(step, V4Key::new(*a.ip(), a.port())),
+            SocketAddr::V4(a) => {
+                let key = V4Key::new(*a.ip(), a.port());
+                torrent.v4.prefetch(step, key, seeder);
+            }
             SocketAddr::V6(a) => {
                 if let Some(v6) = &torrent.v6 {
-                    v6.peers.prefetch(step, V6Key::new(*a.ip(), a.port()));
+                    v6.peers
+                        .prefetch(step, V6Key::new(*a.ip(), a.port()), seeder);
                 }
             }
         }

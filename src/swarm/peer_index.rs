@@ -82,6 +82,25 @@ impl PeerIndex {
         }
     }
 
+    /// The entries of `a` (at `at_a`) and `b` (at `at_b`) traded places. Both buckets are
+    /// found before either changes: for a moment two buckets would hold the same position,
+    /// and a search by position could take the wrong one.
+    pub fn swapped<K: PeerKey>(&mut self, a: K, at_a: u32, b: K, at_b: u32) {
+        let bucket_a = self
+            .positions
+            .find_bucket_index(self.hash(a), |&p| p == at_a);
+        let bucket_b = self
+            .positions
+            .find_bucket_index(self.hash(b), |&p| p == at_b);
+        if let (Some(bucket_a), Some(bucket_b)) = (bucket_a, bucket_b) {
+            for (bucket, position) in [(bucket_a, at_b), (bucket_b, at_a)] {
+                if let Some(p) = self.positions.get_bucket_mut(bucket) {
+                    *p = position;
+                }
+            }
+        }
+    }
+
     /// Gives memory back when far more buckets than peers are left.
     pub fn shrink<K: PeerKey>(&mut self, len: usize, key_at: impl Fn(u32) -> K) {
         if self.positions.capacity() > 4 * len {

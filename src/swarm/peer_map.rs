@@ -4,10 +4,10 @@
 //! swarms: they are one exactly sized boxed slice of packed entries (31 bytes per IPv4 peer,
 //! one allocation, no slack), searched linearly. Past [`SMALL_MAX`] peers a swarm switches to
 //! dense arrays plus a keyed hash index, so a big swarm (where an attacker chooses the
-//! addresses) never costs more than one hash lookup per announce. The arrays keep what every
-//! scan reads (address and flags) apart from the rest (expiry and peer id): a seeder looking
-//! for leechers in a swarm of mostly seeders reads a long window, and reads 7 bytes a peer
-//! instead of 31.
+//! addresses) never costs more than one hash lookup per announce. The arrays keep leechers
+//! before seeders, so a seeder (sent leechers only) reads a window of exactly the peers it
+//! gets, and they keep what a window reads (address and flags) apart from the rest (expiry
+//! and peer id): 7 bytes a peer instead of 31.
 
 use std::hash::{Hash, Hasher};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -222,11 +222,15 @@ pub(super) enum PeerMap<K> {
 }
 
 /// Dense peers split in two arrays at the same positions (a random window is a range), and
-/// the position of each key.
+/// the position of each key. Leechers come first: positions `..leechers` hold leechers, the
+/// rest seeders. In a swarm of mostly seeders, a seeder's window of leechers is then a few
+/// lines rather than a scan past every seeder in between (measured on the UDP load test's
+/// swarms, 3 in 4 peers seeders: an announce took ~200 ns less).
 pub(super) struct Large<K> {
     hot: Vec<Hot<K>>,
     cold: Vec<Cold>,
     index: PeerIndex,
+    leechers: usize,
 }
 
 // The small case is the common one: a torrent pays 16 bytes for its IPv4 map.
@@ -242,13 +246,21 @@ impl<K: PeerKey> Large<K> {
     fn from_entries(small: &[Entry<K>], extra: usize) -> Self {
         let capacity = small.len() + extra;
         let (mut hot, mut cold) = (Vec::with_capacity(capacity), Vec::with_capacity(capacity));
-        for entry in small.iter() {
+        let leechers = small.iter().filter(|e| !e.seeder());
+        let seeders = small.iter().filter(|e| e.seeder());
+        for entry in leechers.chain(seeders) {
             let (h, c) = entry.split();
             hot.push(h);
             cold.push(c);
         }
         let index = PeerIndex::new(hot.iter().map(|h| h.key), capacity);
-        Large { hot, cold, index }
+        let leechers = small.iter().filter(|e| !e.seeder()).count();
+        Large {
+            hot,
+            cold,
+            index,
+            leechers,
+        }
     }
 
     fn into_entries(self) -> Box<[Entry<K>]> {
@@ -280,7 +292,54 @@ impl<K: PeerKey> Large<K> {
             expires_at: expires_at.to_ne_bytes(),
             peer_id,
         };
+        // A peer that changed sides trades places with the peer at the border.
+        match upserted.was_seeder {
+            Some(false) if seeder => {
+                self.leechers -= 1;
+                self.swap(i, self.leechers);
+            }
+            Some(true) if !seeder => {
+                self.swap(i, self.leechers);
+                self.leechers += 1;
+            }
+            _ => {}
+        }
         upserted
+    }
+
+    /// The peer that moves when an announce puts a peer on the side of `seeder`: the last
+    /// leecher trades places with a leecher turning seeder, the first seeder makes room for
+    /// a new leecher or trades places with a seeder turning leecher. Its index entry is
+    /// rewritten then, so prefetching asks for it too.
+    fn border_peer(&self, seeder: bool) -> Option<usize> {
+        if seeder {
+            self.leechers.checked_sub(1)
+        } else {
+            (self.leechers < self.len()).then_some(self.leechers)
+        }
+    }
+
+    /// Exchanges the peers at `a` and `b`, in the arrays and the index.
+    fn swap(&mut self, a: usize, b: usize) {
+        if a != b {
+            self.index
+                .swapped(self.hot[a].key, a as u32, self.hot[b].key, b as u32);
+            self.hot.swap(a, b);
+            self.cold.swap(a, b);
+        }
+    }
+
+    /// Moves the peer at `from` to the free position `to` (one past the end, or a removed
+    /// peer's).
+    fn move_to(&mut self, from: usize, to: usize) {
+        if to == self.len() {
+            self.hot.push(self.hot[from]);
+            self.cold.push(self.cold[from]);
+        } else {
+            self.hot[to] = self.hot[from];
+            self.cold[to] = self.cold[from];
+        }
+        self.index.moved(self.hot[to].key, from as u32, to as u32);
     }
 
     fn push(&mut self, entry: Entry<K>) {
@@ -292,24 +351,59 @@ impl<K: PeerKey> Large<K> {
             self.hot.reserve_exact(more);
             self.cold.reserve_exact(more);
         }
+        // A leecher goes to the end of the leechers, whose first seeder moves to the end.
+        let at = if entry.seeder() { len } else { self.leechers };
+        if at < len {
+            self.move_to(at, len);
+        }
         let (hot, cold) = entry.split();
-        self.hot.push(hot);
-        self.cold.push(cold);
+        if at == len {
+            self.hot.push(hot);
+            self.cold.push(cold);
+        } else {
+            (self.hot[at], self.cold[at]) = (hot, cold);
+        }
+        self.leechers += usize::from(!entry.seeder());
         let keys = &self.hot;
         self.index
-            .insert(entry.key, len as u32, |p| keys[p as usize].key);
+            .insert(entry.key, at as u32, |p| keys[p as usize].key);
     }
 
-    /// Removes the peer at `i`, returning whether it was a seeder; the last peer takes its
-    /// place (and its index is updated).
+    /// Removes the peer at `i`, returning whether it was a seeder. A removed leecher's place
+    /// goes to the last leecher, and a removed seeder's (or that leecher's) to the last peer,
+    /// so both sides stay dense; the index follows every move.
     fn swap_remove(&mut self, i: usize) -> bool {
-        let last = self.len() - 1;
+        let seeder = self.hot[i].flags & SEEDER != 0;
         self.index.remove(self.hot[i].key, i as u32);
-        if i != last {
-            self.index.moved(self.hot[last].key, last as u32, i as u32);
+        let mut hole = i;
+        if !seeder {
+            self.leechers -= 1;
+            if i != self.leechers {
+                self.move_to(self.leechers, i);
+            }
+            hole = self.leechers;
         }
-        self.cold.swap_remove(i);
-        self.hot.swap_remove(i).flags & SEEDER != 0
+        let last = self.len() - 1;
+        if hole != last {
+            self.move_to(last, hole);
+        }
+        self.hot.pop();
+        self.cold.pop();
+        seeder
+    }
+
+    /// Leechers before seeders, and every peer indexed at its position.
+    #[cfg(test)]
+    fn assert_consistent(&self) {
+        for (i, hot) in self.hot.iter().enumerate() {
+            assert_eq!(
+                hot.flags & SEEDER == 0,
+                i < self.leechers,
+                "side of peer {i}"
+            );
+            assert_eq!(self.position(hot.key), Some(i), "index of peer {i}");
+        }
+        assert!(self.leechers <= self.len());
     }
 
     /// Gives back memory a shrunken swarm no longer needs.
@@ -341,6 +435,14 @@ impl<K: PeerKey> PeerMap<K> {
         matches!(self, PeerMap::Large(_))
     }
 
+    /// A large map's invariants hold (see [`Large`]).
+    #[cfg(test)]
+    pub fn assert_consistent(&self) {
+        if let PeerMap::Large(large) = self {
+            large.assert_consistent();
+        }
+    }
+
     pub fn contains(&self, key: K) -> bool {
         match self {
             PeerMap::Small(entries) => entries.iter().any(|e| e.key == key),
@@ -348,8 +450,9 @@ impl<K: PeerKey> PeerMap<K> {
         }
     }
 
-    /// One step of prefetching an announce by `key` (see [`PrefetchStep`]).
-    pub fn prefetch(&self, step: PrefetchStep, key: K) {
+    /// One step of prefetching an announce by `key` (see [`PrefetchStep`]), a seeder's if
+    /// `seeder`.
+    pub fn prefetch(&self, step: PrefetchStep, key: K, seeder: bool) {
         match (self, step) {
             // An announce scans a small list whole, looking for its own entry.
             (PeerMap::Small(entries), PrefetchStep::PeerList) => prefetch_bytes(
@@ -360,7 +463,13 @@ impl<K: PeerKey> PeerMap<K> {
             (PeerMap::Large(large), PrefetchStep::PeerList) => {
                 prefetch_bytes((&raw const **large) as usize, size_of::<Large<K>>(), 2)
             }
-            (PeerMap::Large(large), PrefetchStep::PeerIndex) => large.index.prefetch_slot(key),
+            (PeerMap::Large(large), PrefetchStep::PeerIndex) => {
+                large.index.prefetch_slot(key);
+                if let Some(p) = large.border_peer(seeder) {
+                    let hot_size = size_of::<Hot<K>>();
+                    prefetch_bytes(large.hot.as_ptr() as usize + p * hot_size, hot_size, 2);
+                }
+            }
             (PeerMap::Large(large), PrefetchStep::PeerEntry) => {
                 let hot = large.hot.as_ptr() as usize;
                 let cold = large.cold.as_ptr() as usize;
@@ -369,6 +478,10 @@ impl<K: PeerKey> PeerMap<K> {
                     prefetch_bytes(hot + p as usize * hot_size, hot_size, 2);
                     prefetch_bytes(cold + p as usize * cold_size, cold_size, 2);
                 });
+                // Reads the line the step before asked for.
+                if let Some(p) = large.border_peer(seeder) {
+                    large.index.prefetch_slot(large.hot[p].key);
+                }
             }
             _ => {}
         }
@@ -480,8 +593,13 @@ impl<K: PeerKey> PeerMap<K> {
                 |i| entries[i].peer_id,
                 out,
             ),
+            // The leechers are the first positions: a seeder's window needs no skipping.
             PeerMap::Large(large) => window.take(
-                large.len(),
+                if leechers_only {
+                    large.leechers
+                } else {
+                    large.len()
+                },
                 |i| (large.hot[i].key, large.hot[i].flags),
                 |i| large.cold[i].peer_id,
                 out,

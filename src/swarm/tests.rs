@@ -502,7 +502,7 @@ fn random_operations_agree_with_a_simple_model() {
         // Prefetching reads the store in every state it reaches here and must change nothing
         // (the model below would see it).
         for step in PrefetchStep::ALL {
-            s.prefetch(step, &req.info_hash, addr);
+            s.prefetch(step, &req.info_hash, addr, req.is_seeder());
         }
         let result = s.announce(
             &req,
@@ -580,6 +580,13 @@ fn random_operations_agree_with_a_simple_model() {
         assert_eq!(s.totals().torrents, usize::from(exists), "step {step}");
         assert!(s.contains_peer(&hash, req.peer_ip, req.port) == model.contains_key(&addr));
         if exists {
+            let shard = s.lock(&hash);
+            let torrent = shard.get(&hash).expect("stored");
+            torrent.v4.assert_consistent();
+            if let Some(v6) = &torrent.v6 {
+                v6.peers.assert_consistent();
+            }
+            drop(shard);
             reached.insert(match (v6, is_large(&s, &hash, v6)) {
                 (false, false) => "v4 list",
                 (false, true) => "v4 index",

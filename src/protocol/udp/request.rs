@@ -110,12 +110,23 @@ fn bytes20_at(b: &[u8], at: usize) -> [u8; 20] {
     b[at..at + 20].try_into().expect("length checked")
 }
 
-/// The info hash and port of what looks like an announce, read without validating the rest:
-/// enough for the store to start fetching the torrent and the peer's entry before the request
-/// is decoded for real.
-pub fn announce_target(packet: &[u8]) -> Option<(InfoHash, u16)> {
-    (packet.len() >= 98 && u32_at(packet, 8) == ACTION_ANNOUNCE)
-        .then(|| (InfoHash(bytes20_at(packet, 16)), u16_at(packet, 96)))
+/// What an announce will touch in the store, read before the request is decoded for real.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AnnounceTarget {
+    pub info_hash: InfoHash,
+    pub port: u16,
+    /// `left` is 0.
+    pub seeder: bool,
+}
+
+/// The target of what looks like an announce, read without validating the rest: enough for
+/// the store to start fetching the torrent and the peer's entry.
+pub fn announce_target(packet: &[u8]) -> Option<AnnounceTarget> {
+    (packet.len() >= 98 && u32_at(packet, 8) == ACTION_ANNOUNCE).then(|| AnnounceTarget {
+        info_hash: InfoHash(bytes20_at(packet, 16)),
+        port: u16_at(packet, 96),
+        seeder: u64_at(packet, 64) == 0,
+    })
 }
 
 /// Decodes one request datagram. Never panics, whatever the bytes.
@@ -226,7 +237,12 @@ mod tests {
             (None, 0xABCD, None, 6881)
         );
         assert_eq!(a.info_hash, InfoHash([1; 20]));
-        assert_eq!(announce_target(&p), Some((InfoHash([1; 20]), 6881)));
+        let target = AnnounceTarget {
+            info_hash: InfoHash([1; 20]),
+            port: 6881,
+            seeder: false,
+        };
+        assert_eq!(announce_target(&p), Some(target));
         assert_eq!(announce_target(&p[..97]), None);
     }
 
