@@ -235,15 +235,16 @@ impl SwarmStore {
         let Some(torrent) = shard.get(info_hash) else {
             return;
         };
+        let now = self.clock.now();
         match peer {
             SocketAddr::V4(a) => {
                 let key = V4Key::new(*a.ip(), a.port());
-                torrent.v4.prefetch(step, key, seeder);
+                torrent.v4.prefetch(step, key, seeder, now);
             }
             SocketAddr::V6(a) => {
                 if let Some(v6) = &torrent.v6 {
-                    v6.peers
-                        .prefetch(step, V6Key::new(*a.ip(), a.port()), seeder);
+                    let key = V6Key::new(*a.ip(), a.port());
+                    v6.peers.prefetch(step, key, seeder, now);
                 }
             }
         }
@@ -286,10 +287,8 @@ impl SwarmStore {
                 })
             })
             .ok_or(TRACKER_FULL)?;
-        let expires_at = self
-            .clock
-            .now()
-            .saturating_add(self.limits.peer_lifetime_secs);
+        let now = self.clock.now();
+        let expires_at = now.saturating_add(self.limits.peer_lifetime_secs);
         let completed = request.event == AnnounceEvent::Completed;
         let max = self.limits.max_peers_per_torrent;
         let seeder = request.is_seeder();
@@ -355,6 +354,7 @@ impl SwarmStore {
                         numwant,
                         seeder,
                         selection.peer_ids,
+                        now,
                         &mut response.peers,
                     );
                 }
@@ -366,6 +366,7 @@ impl SwarmStore {
                         numwant - response.peers.len(),
                         seeder,
                         selection.peer_ids,
+                        now,
                         &mut response.peers,
                     );
                 }
@@ -377,6 +378,7 @@ impl SwarmStore {
                         numwant,
                         seeder,
                         selection.peer_ids,
+                        now,
                         &mut response.peers,
                     );
                 }
@@ -388,6 +390,7 @@ impl SwarmStore {
                         numwant - response.peers.len(),
                         seeder,
                         selection.peer_ids,
+                        now,
                         &mut response.peers,
                     );
                 }

@@ -40,7 +40,7 @@ impl PeerIndex {
         index
     }
 
-    fn hash<K: PeerKey>(&self, key: K) -> u64 {
+    pub fn hash<K: PeerKey>(&self, key: K) -> u64 {
         self.hasher.hash_one(key)
     }
 

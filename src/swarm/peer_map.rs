@@ -25,6 +25,9 @@ pub(super) const SMALL_MAX: usize = 64;
 /// A large swarm goes back to a list only well below [`SMALL_MAX`], so a swarm hovering at
 /// the threshold does not rebuild its index on every join and leave.
 pub(super) const SMALL_AGAIN: usize = SMALL_MAX / 2;
+/// Lines of a large swarm's reply window asked for ahead of the announce: 36 IPv4 peers, 12
+/// IPv6 ones.
+const WINDOW_PREFETCH_LINES: usize = 4;
 
 /// A new peer found the map at its maximum size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -307,6 +310,21 @@ impl<K: PeerKey> Large<K> {
         upserted
     }
 
+    /// How many peers a window for an announce by a seeder (if `seeder`) is taken from: a
+    /// seeder's from the leechers, a leecher's from everyone.
+    fn window_len(&self, seeder: bool) -> usize {
+        if seeder { self.leechers } else { self.len() }
+    }
+
+    /// Where the window for `key`'s announce at second `now` starts among the first `len`
+    /// peers. Derived rather than drawn, so that prefetching knows it before the announce:
+    /// the swarm's keyed hash of the announcing peer, mixed with the second. Each peer gets
+    /// its own window, a new one with every re-announce, and nobody outside can predict it.
+    fn window_start(&self, key: K, now: u32, len: usize) -> usize {
+        let mixed = self.index.hash(key) ^ u64::from(now).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        ((u128::from(mixed) * len as u128) >> 64) as usize
+    }
+
     /// The peer that moves when an announce puts a peer on the side of `seeder`: the last
     /// leecher trades places with a leecher turning seeder, the first seeder makes room for
     /// a new leecher or trades places with a seeder turning leecher. Its index entry is
@@ -451,8 +469,8 @@ impl<K: PeerKey> PeerMap<K> {
     }
 
     /// One step of prefetching an announce by `key` (see [`PrefetchStep`]), a seeder's if
-    /// `seeder`.
-    pub fn prefetch(&self, step: PrefetchStep, key: K, seeder: bool) {
+    /// `seeder`, answered at second `now`.
+    pub fn prefetch(&self, step: PrefetchStep, key: K, seeder: bool, now: u32) {
         match (self, step) {
             // An announce scans a small list whole, looking for its own entry.
             (PeerMap::Small(entries), PrefetchStep::PeerList) => prefetch_bytes(
@@ -481,6 +499,14 @@ impl<K: PeerKey> PeerMap<K> {
                 // Reads the line the step before asked for.
                 if let Some(p) = large.border_peer(seeder) {
                     large.index.prefetch_slot(large.hot[p].key);
+                }
+                // The first lines of the reply's window (the hardware streams the rest).
+                let len = large.window_len(seeder);
+                if len > 0 {
+                    let start = large.window_start(key, now, len);
+                    let hot_size = size_of::<Hot<K>>();
+                    let bytes = (len - start) * hot_size;
+                    prefetch_bytes(hot + start * hot_size, bytes, WINDOW_PREFETCH_LINES);
                 }
             }
             _ => {}
@@ -578,6 +604,7 @@ impl<K: PeerKey> PeerMap<K> {
         n: usize,
         leechers_only: bool,
         peer_ids: bool,
+        now: u32,
         out: &mut Vec<ResponsePeer>,
     ) {
         let window = Window {
@@ -589,21 +616,23 @@ impl<K: PeerKey> PeerMap<K> {
         match self {
             PeerMap::Small(entries) => window.take(
                 entries.len(),
+                None,
                 |i| (entries[i].key, entries[i].flags),
                 |i| entries[i].peer_id,
                 out,
             ),
             // The leechers are the first positions: a seeder's window needs no skipping.
-            PeerMap::Large(large) => window.take(
-                if leechers_only {
-                    large.leechers
-                } else {
-                    large.len()
-                },
-                |i| (large.hot[i].key, large.hot[i].flags),
-                |i| large.cold[i].peer_id,
-                out,
-            ),
+            PeerMap::Large(large) => {
+                let len = large.window_len(leechers_only);
+                let start = exclude.map(|key| large.window_start(key, now, len));
+                window.take(
+                    len,
+                    start,
+                    |i| (large.hot[i].key, large.hot[i].flags),
+                    |i| large.cold[i].peer_id,
+                    out,
+                )
+            }
         }
     }
 
@@ -655,11 +684,12 @@ struct Window<K> {
 }
 
 impl<K: PeerKey> Window<K> {
-    /// Takes from `len` peers, starting at a random one and wrapping around; `key_flags` and
-    /// `peer_id` read the peer at a position.
+    /// Takes from `len` peers, starting at `start` (a random one if `None`) and wrapping
+    /// around; `key_flags` and `peer_id` read the peer at a position.
     fn take(
         &self,
         len: usize,
+        start: Option<usize>,
         key_flags: impl Fn(usize) -> (K, u8),
         peer_id: impl Fn(usize) -> PeerId,
         out: &mut Vec<ResponsePeer>,
@@ -667,7 +697,7 @@ impl<K: PeerKey> Window<K> {
         if len == 0 || self.n == 0 {
             return;
         }
-        let start = fastrand::usize(..len);
+        let start = start.unwrap_or_else(|| fastrand::usize(..len));
         let mut taken = 0;
         for i in (start..len).chain(0..start) {
             let (key, flags) = key_flags(i);

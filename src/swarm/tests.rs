@@ -113,6 +113,37 @@ fn numwant_bounds_the_peers_and_they_come_from_a_random_window() {
     );
 }
 
+/// A large swarm's window is derived from the announcing peer and the second (so that it can
+/// be prefetched), not drawn: peers still get windows of their own, and a peer a new one
+/// each second.
+#[test]
+fn large_swarm_windows_differ_between_peers_and_seconds() {
+    let s = roomy_store();
+    let hash = nth(false, 0, 5, AnnounceEvent::None).info_hash;
+    for i in 0..300 {
+        announce(&s, &nth(false, i, 5, AnnounceEvent::None), 0);
+    }
+    assert!(is_large(&s, &hash, false));
+    let first_peer = |i: usize| {
+        let r = announce(&s, &nth(false, i, 5, AnnounceEvent::None), 10);
+        assert_eq!(r.peers.len(), 10);
+        r.peers[0].addr
+    };
+    let between_peers: HashSet<_> = (0..50).map(first_peer).collect();
+    assert!(between_peers.len() > 25, "{} windows", between_peers.len());
+    let between_seconds: HashSet<_> = (0..50)
+        .map(|_| {
+            s.clock().advance(1);
+            first_peer(7)
+        })
+        .collect();
+    assert!(
+        between_seconds.len() > 25,
+        "{} windows",
+        between_seconds.len()
+    );
+}
+
 /// Replies that carry no peer ids get none, in small and large swarms alike (a large swarm
 /// keeps them apart and does not read them then).
 #[test]
