@@ -458,6 +458,25 @@ fn a_failed_refresh_keeps_the_old_keys_and_is_counted() {
     }
 }
 
+/// A token that verified once is remembered, but its torrent is checked on every announce.
+#[test]
+fn a_verified_token_is_still_refused_for_another_torrent() {
+    let k = keys();
+    let jwks = JwksServer::start(jwks(&[&k.rsa, &k.ec]));
+    let token = token(&k.rsa, hash(6));
+    for engine in engines() {
+        let t = tracker_for(engine, &jwks, 300);
+        for udp in [false, true] {
+            assert_eq!(announce(&t, udp, false, hash(6), Some(&token)), None);
+            assert_eq!(
+                announce(&t, udp, false, hash(7), Some(&token)).as_deref(),
+                Some("jwt for another torrent")
+            );
+            assert_eq!(announce(&t, udp, false, hash(6), Some(&token)), None);
+        }
+    }
+}
+
 #[test]
 fn a_rotated_key_set_is_picked_up_by_the_timed_refresh() {
     let k = keys();
@@ -470,6 +489,9 @@ fn a_rotated_key_set_is_picked_up_by_the_timed_refresh() {
             announce(&t, false, false, hash(5), Some(&next)).as_deref(),
             Some("jwt signed by an unknown key")
         );
+        // Verified (and remembered as verified) under the set that is about to change.
+        let retired = token(&k.ec, hash(5));
+        assert_eq!(announce(&t, false, true, hash(5), Some(&retired)), None);
         // ec-1 retires, ec-2 comes in.
         jwks.serve(Some(self::jwks(&[&k.rsa, &k.ec_next])));
         assert!(
@@ -484,9 +506,9 @@ fn a_rotated_key_set_is_picked_up_by_the_timed_refresh() {
             "the new key verifies after a refresh ({engine:?})"
         );
         assert_eq!(
-            announce(&t, false, true, hash(5), Some(&token(&k.ec, hash(5)))).as_deref(),
+            announce(&t, false, true, hash(5), Some(&retired)).as_deref(),
             Some("jwt signed by an unknown key"),
-            "the retired key no longer does"
+            "the retired key no longer does, not even for a token it verified before"
         );
         assert_eq!(
             t.server
