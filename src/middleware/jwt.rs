@@ -232,12 +232,12 @@ struct Shared {
     failures: Arc<AtomicU64>,
     /// The bytes of the key set in use. Held for the whole refresh: a SIGHUP during a timed
     /// refresh must not let the older fetch land last.
-    refreshing: Mutex<Vec<u8>>,
+    set_in_use: Mutex<Vec<u8>>,
 }
 
 impl Shared {
     fn refresh(&self) -> anyhow::Result<()> {
-        let mut in_use = self.refreshing.lock();
+        let mut in_use = self.set_in_use.lock();
         let bytes = self.source.fetch()?;
         if bytes == *in_use {
             // The same set: its keys and the tokens they verified stay.
@@ -287,7 +287,7 @@ fn refresh_every(shared: Weak<Shared>, every: Duration) {
 
 /// The claims beyond those `Validation` checks. `exp` and `nbf` are checked here, against the
 /// tracker's clock: `Validation` reads the system clock, which tests cannot stop.
-#[derive(Clone, Deserialize)]
+#[derive(Deserialize)]
 struct Claims {
     /// NumericDate, which may have a fraction.
     exp: f64,
@@ -323,11 +323,17 @@ impl VerifiedTokens {
         hasher.finish128().as_u128()
     }
 
-    /// The claims of a token verified under key set `generation`.
-    fn get(&self, digest: u128, generation: u64) -> Option<Claims> {
+    /// `check` of the claims of a token verified under key set `generation`; `None` when
+    /// the token is not known as verified under it.
+    fn check<R>(
+        &self,
+        digest: u128,
+        generation: u64,
+        check: impl FnOnce(&Claims) -> R,
+    ) -> Option<R> {
         let tokens = self.tokens.lock();
         let (verified_under, claims) = tokens.get(&digest)?;
-        (*verified_under == generation).then(|| claims.clone())
+        (*verified_under == generation).then(|| check(claims))
     }
 
     fn insert(&self, digest: u128, generation: u64, claims: Claims) {
@@ -378,7 +384,7 @@ impl Jwt {
             generation: AtomicU64::new(0),
             source,
             failures: Arc::new(AtomicU64::new(0)),
-            refreshing: Mutex::new(Vec::new()),
+            set_in_use: Mutex::new(Vec::new()),
         });
         shared.refresh().context("load the JWK set")?;
         refresh_every(
@@ -417,14 +423,18 @@ impl Jwt {
         // Read before the keys (see `Shared::refresh`): a token verified with keys older than
         // this generation is never remembered as verified under it.
         let generation = self.shared.generation.load(Ordering::Acquire);
-        let claims = match self.verified.get(digest, generation) {
-            Some(claims) => claims,
-            None => {
-                let claims = self.verify(token)?;
-                self.verified.insert(digest, generation, claims.clone());
-                claims
-            }
-        };
+        let check = |claims: &Claims| self.check_claims(claims, info_hash);
+        if let Some(checked) = self.verified.check(digest, generation, check) {
+            return checked;
+        }
+        let claims = self.verify(token)?;
+        let checked = check(&claims);
+        self.verified.insert(digest, generation, claims);
+        checked
+    }
+
+    /// The checks of a verified token that depend on the time or on the request.
+    fn check_claims(&self, claims: &Claims, info_hash: &InfoHash) -> Result<(), ClientError> {
         let now = f64::from(self.clock.now());
         if now >= claims.exp + self.leeway {
             return Err(EXPIRED);
@@ -432,8 +442,8 @@ impl Jwt {
         if claims.nbf.is_some_and(|nbf| now + self.leeway < nbf) {
             return Err(NOT_YET_VALID);
         }
-        let claimed = claims.infohash.ok_or(INVALID)?;
-        if !infohash_claim_matches(&claimed, info_hash) {
+        let claimed = claims.infohash.as_deref().ok_or(INVALID)?;
+        if !infohash_claim_matches(claimed, info_hash) {
             return Err(OTHER_TORRENT);
         }
         Ok(())
