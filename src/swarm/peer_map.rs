@@ -249,15 +249,15 @@ impl<K: PeerKey> Large<K> {
     fn from_entries(small: &[Entry<K>], extra: usize) -> Self {
         let capacity = small.len() + extra;
         let (mut hot, mut cold) = (Vec::with_capacity(capacity), Vec::with_capacity(capacity));
-        let leechers = small.iter().filter(|e| !e.seeder());
-        let seeders = small.iter().filter(|e| e.seeder());
-        for entry in leechers.chain(seeders) {
+        // Leechers first (see `Large`), in two passes over the list.
+        let by_side = |seeder: bool| small.iter().filter(move |e| e.seeder() == seeder);
+        for entry in by_side(false).chain(by_side(true)) {
             let (h, c) = entry.split();
             hot.push(h);
             cold.push(c);
         }
         let index = PeerIndex::new(hot.iter().map(|h| h.key), capacity);
-        let leechers = small.iter().filter(|e| !e.seeder()).count();
+        let leechers = hot.iter().take_while(|h| h.flags & SEEDER == 0).count();
         Large {
             hot,
             cold,
