@@ -34,6 +34,7 @@ fn response(peers: usize, ipv6: bool) -> AnnounceResponse {
         min_interval: 900,
         complete: 10,
         incomplete: 40,
+        downloaded: 5,
         peers: (0..peers)
             .map(|i| {
                 let addr: SocketAddr = if ipv6 {

@@ -82,6 +82,9 @@ pub struct AnnounceResponse {
     pub complete: u32,
     /// Leechers of the whole swarm, the announcing peer included.
     pub incomplete: u32,
+    /// Completed downloads of the torrent (HTTP replies carry it, as opentracker's do;
+    /// Transmission shows it, and "-1" without it).
+    pub downloaded: u32,
     /// Peers of the announcing peer's own address family come first.
     pub peers: Vec<ResponsePeer>,
 }
@@ -92,6 +95,7 @@ impl AnnounceResponse {
         self.min_interval = 0;
         self.complete = 0;
         self.incomplete = 0;
+        self.downloaded = 0;
         self.peers.clear();
     }
 }

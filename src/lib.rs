@@ -14,6 +14,7 @@
 //! - [`swarm`]: the lock-striped in-memory store of torrents and peers.
 //! - [`metrics`]: Prometheus metrics and health probes, beside the hot path.
 //! - [`bittorrent`]: domain types shared by all of the above.
+//! - [`source`]: clients counted by source address, for the per-source limits.
 
 pub mod bittorrent;
 pub mod clock;
@@ -25,4 +26,5 @@ pub mod metrics;
 pub mod middleware;
 pub mod protocol;
 pub mod server;
+pub mod source;
 pub mod swarm;

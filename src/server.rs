@@ -70,6 +70,7 @@ pub fn start(
     middleware: Middleware,
 ) -> anyhow::Result<RunningServer> {
     let workers = config.worker_count();
+    raise_open_files_limit(config, workers);
     let limits = SwarmLimits {
         max_torrents: config.swarm.max_torrents,
         max_peers_per_torrent: config.swarm.max_peers_per_torrent,
@@ -94,7 +95,7 @@ pub fn start(
     let shutdown = Arc::new(Shutdown::default());
     let metrics = Arc::new(Metrics::default());
     let (events_tx, events) = channel();
-    let http_limits = HttpLimits::new(&config.http, workers);
+    let http_limits = HttpLimits::new(config, workers);
     let ring = ring_settings(config, http_limits);
     let engine = choose_engine(config, &ring)?;
     let (ready_tx, ready_rx) = channel::<anyhow::Result<()>>();
@@ -109,6 +110,7 @@ pub fn start(
         let handlers = || Handlers {
             udp: UdpHandler::new(tracker.clone(), worker_metrics.clone()),
             http: HttpHandler::new(tracker.clone(), worker_metrics.clone()),
+            metrics: worker_metrics.clone(),
         };
         let body: Box<dyn FnOnce() -> anyhow::Result<()> + Send> = match engine {
             EngineKind::Epoll => {
@@ -182,6 +184,44 @@ pub fn start(
         events_tx,
         maintenance: Some(maintenance),
     })
+}
+
+/// Raises the soft limit of open files to the hard limit (systemd and most shells start with
+/// 1024), and warns when even that is short of what `http.max_connections` needs: past it
+/// accepts fail with EMFILE and new clients wait.
+fn raise_open_files_limit(config: &Config, workers: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct they are given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            ..limit
+        };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    if !config.http.enabled {
+        return;
+    }
+    // Per worker: its sockets, an eventfd and a ring; then the metrics listener's connections,
+    // hook files and the like.
+    let sockets = config.udp.bind.len() + config.http.bind.len() + 2;
+    let needed = config.http.max_connections + workers * sockets + 256;
+    if (limit.rlim_cur as u128) < needed as u128 {
+        tracing::warn!(
+            open_files_limit = limit.rlim_cur,
+            needed,
+            "the open-files limit is below what http.max_connections needs: accepts past it \
+             fail with EMFILE (raise LimitNOFILE= or `ulimit -n`, or lower http.max_connections)"
+        );
+    }
 }
 
 /// The engine to run: `auto` probes io_uring and falls back to epoll, saying why; an explicit

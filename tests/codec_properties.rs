@@ -117,7 +117,7 @@ proptest! {
     fn a_udp_announce_response_decodes_to_the_peers_written(
         peers in proptest::collection::vec(peer_strategy(), 0..50), interval: u32, complete: u32, incomplete: u32, ipv6: bool,
     ) {
-        let response = AnnounceResponse { interval, min_interval: 0, complete, incomplete, peers: peers.clone() };
+        let response = AnnounceResponse { interval, min_interval: 0, complete, incomplete, downloaded: 0, peers: peers.clone() };
         let mut out = Vec::new();
         udp::response::write_announce(&mut out, 5, &response, ipv6);
         let expected: Vec<SocketAddr> = peers.iter().filter(|p| p.addr.is_ipv6() == ipv6).map(|p| p.addr).collect();
@@ -128,12 +128,13 @@ proptest! {
     fn an_http_announce_response_is_valid_bencode_with_every_peer(
         peers in proptest::collection::vec(peer_strategy(), 0..50), complete: u32, compact: bool,
     ) {
-        let response = AnnounceResponse { interval: 60, min_interval: 30, complete, incomplete: 0, peers: peers.clone() };
+        let response = AnnounceResponse { interval: 60, min_interval: 30, complete, incomplete: 0, downloaded: 7, peers: peers.clone() };
         let mut body = Vec::new();
         hayate::protocol::http::response::write_announce(&mut body, &response, compact, false, "::1".parse().unwrap());
         let value: bt_bencode::Value = bt_bencode::from_slice(&body).expect("valid bencode");
         let d = common::Dict(value.as_dict().unwrap().clone());
         prop_assert_eq!(d.int("complete"), i64::from(complete));
+        prop_assert_eq!(d.int("downloaded"), 7);
         if compact {
             let mut got = common::compact_peers(&d.bytes("peers"), false);
             got.extend(common::compact_peers(&d.bytes("peers6"), true));
@@ -179,4 +180,85 @@ proptest! {
         let replies = parse_http_replies(&out);
         prop_assert!(replies.iter().all(|r| [200, 400, 404, 405, 431].contains(&r.status)));
     }
+
+    #[test]
+    fn a_connection_whose_answers_are_never_written_holds_bounded_bytes(
+        requests in proptest::collection::vec((any::<u8>(), 0usize..40), 1..2000),
+        chunk in 1usize..5000,
+    ) {
+        let mut handler = HttpHandler::new(tracker(), Default::default());
+        let mut conn = HttpConnection::new("[::1]:5000".parse().unwrap(), RULES);
+        let stream: Vec<u8> = requests
+            .iter()
+            .flat_map(|&(torrent, pad)| {
+                format!(
+                    "GET {} HTTP/1.1\r\nX-Pad: {}\r\n\r\n",
+                    common::announce_target([torrent; 20], torrent, 1 + u16::from(torrent), 0, ""),
+                    "p".repeat(pad)
+                )
+                .into_bytes()
+            })
+            .collect();
+        // An engine that ignores `wants_input` (the worst case: io_uring's receives already in
+        // flight) and a client that never reads: the connection still holds a bounded amount,
+        // and closes rather than grow.
+        for piece in stream.chunks(chunk) {
+            conn.received(piece, &mut handler);
+            prop_assert!(
+                conn.buffered_bytes() <= RULES.max_request_bytes + 64 * 1024 + chunk + 32 * 1024 + 4096,
+                "{} bytes held", conn.buffered_bytes()
+            );
+        }
+        // An engine that heeds it reads a request's worth at most before answers go out.
+        let mut conn = HttpConnection::new("[::1]:5000".parse().unwrap(), RULES);
+        for piece in stream.chunks(chunk) {
+            if !conn.wants_input() {
+                break;
+            }
+            conn.received(piece, &mut handler);
+        }
+        prop_assert!(conn.buffered_bytes() <= RULES.max_request_bytes + chunk + 32 * 1024 + 4096);
+        prop_assert!(!conn.overflowed());
+    }
+}
+
+/// One connection's replies to `input`, sent in one piece.
+fn replies_to(input: &[u8]) -> Vec<common::HttpReply> {
+    let mut handler = HttpHandler::new(tracker(), Default::default());
+    let mut conn = HttpConnection::new("[::1]:5000".parse().unwrap(), RULES);
+    conn.received(input, &mut handler);
+    parse_http_replies(conn.pending_output())
+}
+
+#[test]
+fn max_request_bytes_is_exact_even_when_a_request_arrives_whole() {
+    let request = |len: usize| {
+        let head = "GET /x HTTP/1.1\r\nX-Pad: ";
+        let tail = "\r\n\r\n";
+        format!("{head}{}{tail}", "p".repeat(len - head.len() - tail.len())).into_bytes()
+    };
+    assert_eq!(replies_to(&request(RULES.max_request_bytes))[0].status, 404);
+    assert_eq!(
+        replies_to(&request(RULES.max_request_bytes + 1))[0].status,
+        431
+    );
+}
+
+#[test]
+fn differing_content_lengths_are_refused_and_equal_zero_lengths_accepted() {
+    let replies =
+        replies_to(b"GET /x HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\nhello");
+    assert_eq!(replies.len(), 1, "the body is never read as a request");
+    assert_eq!(replies[0].status, 400);
+    assert_eq!(replies[0].body, b"conflicting Content-Length headers");
+    let replies =
+        replies_to(b"GET /x HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 0\r\n\r\nhello");
+    assert_eq!(replies[0].status, 400);
+    let replies = replies_to(
+        b"GET /x HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\nGET /y HTTP/1.1\r\n\r\n",
+    );
+    assert_eq!(
+        replies.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [404, 404]
+    );
 }

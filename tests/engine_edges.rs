@@ -6,7 +6,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -89,6 +89,12 @@ fn clients_that_vanish_mid_request_leave_no_connection_behind() {
             drop(s);
         }
         std::thread::sleep(Duration::from_millis(300));
+        // No socket of theirs is left on the tracker's side.
+        assert_eq!(
+            server_side_connections(t.http(false).port()),
+            0,
+            "{engine:?}"
+        );
         // All three slots are free again: three held connections are all served.
         let target = announce_target(hash(2), 1, 1, 0, "");
         let mut held: Vec<TcpStream> = (0..3)
@@ -128,4 +134,158 @@ fn a_half_closed_connection_still_gets_its_answer() {
         let _ = s.read_to_end(&mut raw);
         assert_eq!(parse_http_replies(&raw).len(), 1, "{engine:?}");
     }
+}
+
+/// Established TCP connections whose local port is `port`: the tracker's side of its
+/// connections (the clients' sides have it as their remote port).
+fn server_side_connections(port: u16) -> usize {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let local_port = fields
+                        .get(1)
+                        .and_then(|a| a.rsplit(':').next())
+                        .and_then(|p| u16::from_str_radix(p, 16).ok());
+                    local_port == Some(port) && fields.get(3) == Some(&"01")
+                })
+                .map(|_| ())
+                .collect::<Vec<_>>()
+        })
+        .count()
+}
+
+#[test]
+fn clients_that_pipeline_without_reading_are_stopped_and_closed() {
+    for engine in engines() {
+        let mut config = test_config(engine);
+        config.workers = 1;
+        config.http.max_connections = 4;
+        config.http.request_timeout_secs = 2;
+        let t = TestServer::start(config);
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: t\r\n\r\n",
+            announce_target(hash(4), 1, 1, 0, "")
+        )
+        .repeat(200);
+        let mut clients: Vec<TcpStream> = (0..4)
+            .map(|_| {
+                let s = TcpStream::connect(t.http(false)).unwrap();
+                s.set_nonblocking(true).unwrap();
+                s
+            })
+            .collect();
+        // Write until the tracker has stopped taking more from every client: each socket
+        // either refuses more for a whole second (flow control: the tracker stopped reading)
+        // or was closed (it sent more than a connection may hold unanswered). Before, the
+        // tracker read and buffered without end: 420 MB from one client. Bounded at 10 s.
+        let started = Instant::now();
+        let mut written = [0usize; 4];
+        let mut closed = [false; 4];
+        let mut blocked_since = None;
+        while started.elapsed() < Duration::from_secs(10) && !closed.iter().all(|&c| c) {
+            let mut progress = false;
+            for (i, c) in clients.iter_mut().enumerate() {
+                if closed[i] {
+                    continue;
+                }
+                // (Continue where the last write stopped: the stream stays whole requests.)
+                let at = written[i] % request.len();
+                match c.write(&request.as_bytes()[at..]) {
+                    Ok(n) => {
+                        written[i] += n;
+                        progress = true;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => closed[i] = true,
+                }
+            }
+            if progress {
+                blocked_since = None;
+            } else {
+                let since = *blocked_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(1) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        assert!(
+            closed.iter().all(|&c| c)
+                || blocked_since.is_some_and(|s| s.elapsed() > Duration::from_secs(1)),
+            "{engine:?}: the tracker kept reading: {written:?} bytes written"
+        );
+        // What a client can get in before that: the kernel's socket buffers (kept small for
+        // HTTP) and a connection's bounded input.
+        assert!(
+            written.iter().all(|&w| w < 8 << 20),
+            "{engine:?}: {written:?} bytes written before the tracker stopped them"
+        );
+        // Their answers are never taken: they are closed (at the latest at the deadline),
+        // their sockets freed (io_uring's sends to them used to stay in flight for good), and
+        // others are served.
+        let deadline = Instant::now() + Duration::from_secs(8);
+        while server_side_connections(t.http(false).port()) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            server_side_connections(t.http(false).port()),
+            0,
+            "{engine:?}"
+        );
+        let metrics = t.server.metrics().render();
+        let closed_for = |reason: &str| -> u64 {
+            let prefix = format!("hayate_http_connections_closed_total{{reason=\"{reason}\"}} ");
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        assert_eq!(
+            closed_for("send_timeout") + closed_for("input_limit"),
+            4,
+            "{engine:?}: {metrics}"
+        );
+        assert_eq!(
+            http_get(t.http(false), "/nothing").status,
+            404,
+            "{engine:?}"
+        );
+    }
+}
+
+#[test]
+fn a_second_tracker_on_the_same_ports_refuses_to_start() {
+    let first = TestServer::start(test_config(hayate::config::EngineKind::Epoll));
+    for (udp, http) in [(true, false), (false, true)] {
+        let mut config = test_config(hayate::config::EngineKind::Epoll);
+        config.udp.enabled = udp;
+        config.http.enabled = http;
+        // Every address the first one holds, ports and all.
+        config.udp.bind = first.server.udp_addrs().to_vec();
+        config.http.bind = first.server.http_addrs().to_vec();
+        let error = match hayate::server::start(
+            &config,
+            hayate::clock::Clock::stopped(NOW),
+            hayate::middleware::Middleware::default(),
+        ) {
+            Ok(_) => panic!("a second tracker started on ports in use (udp {udp})"),
+            Err(e) => format!("{e:#}"),
+        };
+        let what = if udp { "UDP" } else { "TCP" };
+        assert!(
+            error.contains(what) && error.contains("in use by another process"),
+            "{error}"
+        );
+    }
+    // The first one still has all its clients.
+    let c = UdpClient::new(first.udp(false));
+    assert!(c.connect() > 0);
+    assert_eq!(http_get(first.http(true), "/nothing").status, 404);
 }

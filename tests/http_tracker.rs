@@ -113,10 +113,13 @@ fn stopped_completed_and_scrape_counts() {
             t.http(false),
             &announce_target(a, 1, 6001, 0, "&event=completed"),
         );
-        http_get(
+        let again = http_get(
             t.http(false),
             &announce_target(a, 1, 6001, 0, "&event=completed"),
         );
+        // The announce reply carries the torrent's completed downloads too (Transmission
+        // shows it), counted once per peer.
+        assert_eq!(again.dict().int("downloaded"), 1, "{engine:?}");
         http_get(t.http(false), &announce_target(b, 3, 6003, 0, ""));
         http_get(
             t.http(false),
@@ -376,52 +379,142 @@ fn without_keep_alive_every_connection_ends_after_one_answer() {
     }
 }
 
-#[test]
-fn idle_connections_are_closed() {
-    for engine in engines() {
-        let mut config = test_config(engine);
-        config.http.idle_timeout_secs = 1;
-        let t = TestServer::start(config);
-        let mut stream = TcpStream::connect(t.http(false)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(6)))
-            .unwrap();
-        stream.write_all(b"GET /announce").unwrap(); // and never finish
-        let started = Instant::now();
-        let mut buf = [0u8; 64];
-        let n = read_some(&mut stream, &mut buf).unwrap_or(0);
-        assert_eq!(n, 0, "closed without an answer");
-        assert!(started.elapsed() < Duration::from_secs(5));
+/// Reads until the peer closes (or resets) the connection; false if it stays open past `wait`.
+fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match read_some(stream, &mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
     }
 }
 
 #[test]
-fn connections_past_the_maximum_are_closed_at_once() {
+fn idle_connections_and_unfinished_requests_are_closed_at_their_deadlines() {
+    for engine in engines() {
+        let mut config = test_config(engine);
+        config.http.idle_timeout_secs = 1;
+        config.http.request_timeout_secs = 2;
+        let t = TestServer::start(config);
+        let mut idle = TcpStream::connect(t.http(false)).unwrap();
+        let mut partial = TcpStream::connect(t.http(false)).unwrap();
+        let mut trickle = TcpStream::connect(t.http(false)).unwrap();
+        partial.write_all(b"GET /announce").unwrap(); // and never finish
+        let started = Instant::now();
+        assert!(
+            closed_within(&mut idle, Duration::from_secs(4)),
+            "{engine:?}: idle"
+        );
+        // A byte every 300 ms does not extend the request's deadline.
+        let mut sent = 0;
+        while started.elapsed() < Duration::from_secs(5) {
+            if trickle.write_all(b"G").is_err() {
+                break;
+            }
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        assert!(sent < 16, "{engine:?}: trickled {sent} bytes, still open");
+        assert!(
+            closed_within(&mut trickle, Duration::from_secs(2)),
+            "{engine:?}: trickling"
+        );
+        assert!(
+            closed_within(&mut partial, Duration::from_secs(2)),
+            "{engine:?}: partial"
+        );
+        assert_eq!(http_get(t.http(false), "/nothing").status, 404);
+    }
+}
+
+#[test]
+fn at_the_cap_the_least_recently_active_connection_makes_room_for_a_new_one() {
     for engine in engines() {
         let mut config = test_config(engine);
         config.workers = 1;
         config.http.max_connections = 3;
         let t = TestServer::start(config);
-        let held: Vec<TcpStream> = (0..3)
+        let mut held: Vec<TcpStream> = (0..3)
             .map(|_| TcpStream::connect(t.http(false)).unwrap())
             .collect();
         std::thread::sleep(Duration::from_millis(200));
-        let mut extra = TcpStream::connect(t.http(false)).unwrap();
-        extra
-            .set_read_timeout(Some(Duration::from_secs(3)))
+        // The first one is answered: the second is now the least recently active.
+        held[0]
+            .write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
             .unwrap();
-        let _ = extra.write_all(b"GET / HTTP/1.1\r\n\r\n");
-        let mut buf = [0u8; 64];
-        assert!(
-            matches!(read_some(&mut extra, &mut buf), Ok(0) | Err(_)),
-            "the fourth connection is closed"
-        );
-        drop(held);
-        std::thread::sleep(Duration::from_millis(200));
+        held[0]
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 512];
+        assert!(read_some(&mut held[0], &mut buf).unwrap() > 0);
         assert_eq!(
             http_get(t.http(false), "/nothing").status,
             404,
-            "room again once they close"
+            "{engine:?}: a new connection is served at the cap"
+        );
+        assert!(
+            closed_within(&mut held[1], Duration::from_secs(2)),
+            "{engine:?}: the least recently active one made room"
+        );
+        // The one that was answered is still open and serves another request.
+        held[0]
+            .write_all(b"GET /y HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let n = read_some(&mut held[0], &mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 404"), "{engine:?}");
+        let metrics = t.server.metrics().render();
+        assert!(
+            metrics.contains("hayate_http_connections_closed_total{reason=\"evicted\"} 1"),
+            "{engine:?}: {metrics}"
+        );
+    }
+}
+
+#[test]
+fn a_source_past_its_share_of_connections_is_refused_while_others_are_served() {
+    for engine in engines() {
+        let mut config = test_config(engine);
+        config.workers = 1;
+        config.per_source.max_http_connections = 4;
+        let t = TestServer::start(config);
+        let held: Vec<TcpStream> = (0..4)
+            .map(|_| TcpStream::connect(t.http(false)).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut fifth = TcpStream::connect(t.http(false)).unwrap();
+        let _ = fifth.write_all(b"GET / HTTP/1.1\r\n\r\n");
+        assert!(
+            closed_within(&mut fifth, Duration::from_secs(3)),
+            "{engine:?}: the fifth from one source is refused"
+        );
+        // Another source (127.0.0.2 is loopback too) is served.
+        let other = std::net::SocketAddr::new("127.0.0.2".parse().unwrap(), 0);
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&other.into()).unwrap();
+        socket.connect(&t.http(false).into()).unwrap();
+        let mut stream: TcpStream = socket.into();
+        stream
+            .write_all(b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut raw = Vec::new();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream.read_to_end(&mut raw).unwrap();
+        assert!(raw.starts_with(b"HTTP/1.1 404"), "{engine:?}");
+        drop(held);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(http_get(t.http(false), "/nothing").status, 404);
+        let metrics = t.server.metrics().render();
+        assert!(
+            metrics
+                .contains("hayate_http_connections_refused_total{reason=\"per_source_limit\"} 1"),
+            "{engine:?}: {metrics}"
         );
     }
 }

@@ -133,7 +133,8 @@ fn a_bad_or_expired_or_spoofed_connection_id_gets_an_error() {
     for engine in engines() {
         let t = TestServer::start(test_config(engine));
         let c = UdpClient::new(t.udp(false));
-        let is_bad_id = |reply: UdpReply| matches!(reply, UdpReply::Error { transaction_id: 22, ref message } if message.contains("connection id"));
+        // (Cut to the request's length when that is shorter: the source is unproven.)
+        let is_bad_id = |reply: UdpReply| matches!(reply, UdpReply::Error { transaction_id: 22, ref message } if message.len() >= 20 && "invalid or expired connection id".starts_with(message.as_str()));
         // Made up.
         assert!(is_bad_id(
             c.request(&UdpAnnounce::new(0xdead_beef, hash(5), 1).packet())
@@ -256,6 +257,11 @@ fn malformed_packets_get_error_packets_and_never_stop_the_tracker() {
             ];
             for (packet, reason) in cases {
                 match c.request(&packet) {
+                    // Without a valid connection id the source is unproven: the reason is cut
+                    // to the request's length (16 bytes: 8 of header, 8 of reason).
+                    UdpReply::Error { message, .. } if reason == "protocol id" => {
+                        assert_eq!(message, "invalid ", "{message} vs {reason}")
+                    }
                     UdpReply::Error { message, .. } => {
                         assert!(message.contains(reason), "{message} vs {reason}")
                     }
@@ -379,5 +385,114 @@ fn bep41_url_data_reaches_the_middleware_which_can_refuse() {
         let target = announce_target(hash(9), 1, 1, 0, "");
         http_get(t.http(false), &target);
         assert_eq!(urls.lock().unwrap().last().unwrap(), target.as_bytes());
+    }
+}
+
+#[test]
+fn no_error_to_an_unproven_source_is_longer_than_its_request() {
+    for engine in engines() {
+        let t = TestServer::start(test_config(engine));
+        let c = UdpClient::new(t.udp(false));
+        // A 17-byte scrape with a made-up connection id got a 48-byte reason.
+        let mut scrape = scrape_packet(0xdead_beef, 31, &[]);
+        scrape.push(0);
+        let reply = c.request_raw(&scrape);
+        assert!(
+            reply.len() <= scrape.len(),
+            "{engine:?}: {} bytes",
+            reply.len()
+        );
+        assert!(matches!(
+            parse_udp_reply(&reply, false),
+            UdpReply::Error {
+                transaction_id: 31,
+                ..
+            }
+        ));
+        // Every request with a made-up id, of every length: no reply outgrows it.
+        for len in 16..120 {
+            let mut packet = UdpAnnounce::new(0xdead_beef, hash(3), 1).packet();
+            packet.resize(len, 0);
+            packet[8..12].copy_from_slice(&(len as u32 % 4).to_be_bytes());
+            c.send(&packet);
+            if let Some(reply) = c.recv_raw(Duration::from_secs(2)) {
+                assert!(reply.len() <= len, "{engine:?}: {len} -> {}", reply.len());
+            }
+        }
+        // A proven source gets the whole reason.
+        let id = c.connect();
+        let mut scrape = scrape_packet(id, 32, &[]);
+        scrape.push(0);
+        match c.request(&scrape) {
+            UdpReply::Error { message, .. } => assert!(message.contains("20 bytes"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn datagrams_longer_than_2048_bytes_are_dropped_by_both_engines() {
+    for engine in engines() {
+        let t = TestServer::start(test_config(engine));
+        let c = UdpClient::new(t.udp(false));
+        for (len, answered) in [(2048, true), (2049, false), (4000, false)] {
+            let mut packet = connect_packet(40);
+            packet.resize(len, 0);
+            c.send(&packet);
+            let reply = c.recv_raw(Duration::from_millis(500));
+            assert_eq!(reply.is_some(), answered, "{engine:?}: {len} bytes");
+        }
+        assert!(matches!(
+            c.request(&connect_packet(41)),
+            UdpReply::Connect {
+                transaction_id: 41,
+                ..
+            }
+        ));
+    }
+}
+
+#[test]
+fn a_source_creates_new_torrents_within_its_budget_and_joins_existing_ones_freely() {
+    for engine in engines() {
+        let mut config = test_config(engine);
+        config.workers = 1;
+        // One worker, two protocols: each handler has half, 3 at once and 30 a minute.
+        config.per_source.new_torrents_burst = 6;
+        config.per_source.new_torrents_per_minute = 60;
+        let t = TestServer::start(config);
+        let c = UdpClient::new(t.udp(false));
+        let id = c.connect();
+        let announce = |c: &UdpClient, id: u64, n: u8| {
+            c.request(&UdpAnnounce::new(id, hash(100 + n), 1000 + u16::from(n)).packet())
+        };
+        for n in 0..3 {
+            assert!(matches!(announce(&c, id, n), UdpReply::Announce { .. }));
+        }
+        let refused = announce(&c, id, 3);
+        assert!(
+            matches!(&refused, UdpReply::Error { message, .. } if message.contains("too many new torrents")),
+            "{engine:?}: {refused:?}"
+        );
+        // Torrents that exist are joined without limit, by the same source too.
+        let mut again = UdpAnnounce::new(id, hash(100), 2000);
+        again.peer_id = peer_id(77);
+        assert!(matches!(
+            c.request(&again.packet()),
+            UdpReply::Announce { .. }
+        ));
+        // Another source has its own budget (127.0.0.2 is loopback too).
+        let other = UdpClient::bound("127.0.0.2:0", t.udp(false));
+        let other_id = other.connect();
+        assert!(matches!(
+            announce(&other, other_id, 10),
+            UdpReply::Announce { .. }
+        ));
+        // Tokens come back with time: 30 a minute is one every 2 s.
+        t.clock.advance(2);
+        let id = c.connect();
+        assert!(matches!(announce(&c, id, 4), UdpReply::Announce { .. }));
+        assert!(matches!(announce(&c, id, 5), UdpReply::Error { .. }));
+        assert_eq!(t.server.store().totals().torrents, 5, "{engine:?}");
     }
 }

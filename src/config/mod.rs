@@ -26,6 +26,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub announce: AnnounceConfig,
     pub swarm: SwarmConfig,
+    pub per_source: PerSourceConfig,
     pub metrics: MetricsConfig,
     /// Hooks run before the store, in order.
     pub prehooks: Vec<PreHookConfig>,
@@ -100,6 +101,7 @@ pub struct HttpConfig {
     pub max_connections: usize,
     pub max_request_bytes: usize,
     pub idle_timeout_secs: u32,
+    pub request_timeout_secs: u32,
     pub keep_alive: bool,
     pub max_scrape_hashes: usize,
     pub reverse_proxy: ReverseProxyConfig,
@@ -131,6 +133,15 @@ pub struct SwarmConfig {
     pub max_peers_per_torrent: usize,
     pub peer_lifetime_secs: u32,
     pub cleaning_interval_secs: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PerSourceConfig {
+    pub ipv6_prefix_len: u8,
+    pub max_http_connections: usize,
+    pub new_torrents_burst: u32,
+    pub new_torrents_per_minute: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -168,6 +179,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             announce: AnnounceConfig::default(),
             swarm: SwarmConfig::default(),
+            per_source: PerSourceConfig::default(),
             metrics: MetricsConfig::default(),
             prehooks: Vec::new(),
             posthooks: Vec::new(),
@@ -219,6 +231,7 @@ impl Default for HttpConfig {
             max_connections: 10_000,
             max_request_bytes: 8192,
             idle_timeout_secs: 30,
+            request_timeout_secs: 10,
             keep_alive: true,
             max_scrape_hashes: 64,
             reverse_proxy: ReverseProxyConfig::default(),
@@ -247,6 +260,17 @@ impl Default for AnnounceConfig {
             default_numwant: 50,
             max_numwant: 74,
             allow_client_ip: false,
+        }
+    }
+}
+
+impl Default for PerSourceConfig {
+    fn default() -> Self {
+        PerSourceConfig {
+            ipv6_prefix_len: 64,
+            max_http_connections: 256,
+            new_torrents_burst: 2000,
+            new_torrents_per_minute: 200,
         }
     }
 }
@@ -405,6 +429,12 @@ impl Config {
         }
         if self.http.idle_timeout_secs == 0 {
             return fail("http.idle_timeout_secs", "must be at least 1");
+        }
+        if !(1..=3600).contains(&self.http.request_timeout_secs) {
+            return fail("http.request_timeout_secs", "must be between 1 and 3600");
+        }
+        if self.per_source.ipv6_prefix_len > 128 {
+            return fail("per_source.ipv6_prefix_len", "must be between 0 and 128");
         }
         let proxy = &self.http.reverse_proxy;
         if proxy.enabled

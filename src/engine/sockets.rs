@@ -1,11 +1,14 @@
 //! Listening sockets: one UDP socket and one TCP listener per configured address per worker,
-//! all bound with SO_REUSEPORT. Port 0 (tests) is resolved by the first bind, so that every
+//! all bound with SO_REUSEPORT, after checking that no other process holds the address. Port 0 (tests) is resolved by the first bind, so that every
 //! worker shares the same ephemeral port.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 
 use anyhow::Context;
 use socket2::{Domain, Protocol, Socket, Type};
+
+/// SO_RCVBUF and SO_SNDBUF of HTTP connections (the kernel doubles it for its bookkeeping).
+pub const HTTP_SOCKET_BUFFER_BYTES: usize = 32 * 1024;
 
 pub struct WorkerSockets {
     pub udp: Vec<UdpSocket>,
@@ -29,6 +32,12 @@ pub struct SocketOptions {
 pub fn bind_all(options: &SocketOptions) -> anyhow::Result<BoundSockets> {
     let mut udp_addrs = options.udp_bind.clone();
     let mut http_addrs = options.http_bind.clone();
+    for addr in &udp_addrs {
+        ensure_unused(*addr, Type::DGRAM)?;
+    }
+    for addr in &http_addrs {
+        ensure_unused(*addr, Type::STREAM)?;
+    }
     let mut workers = Vec::with_capacity(options.workers);
     for _ in 0..options.workers {
         let mut sockets = WorkerSockets {
@@ -48,6 +57,12 @@ pub fn bind_all(options: &SocketOptions) -> anyhow::Result<BoundSockets> {
             // Accepted connections inherit it, which saves a setsockopt per connection.
             // Replies are one write each: Nagle would only delay them.
             socket.set_tcp_nodelay(true)?;
+            // Inherited too, and fixed (no autotuning to megabytes): tracker requests and
+            // answers are a few hundred bytes, and these bound what a client that sends
+            // without reading can park in the kernel, and what one multishot io_uring
+            // receive can hand us before a paused connection's receive is cancelled.
+            socket.set_recv_buffer_size(HTTP_SOCKET_BUFFER_BYTES)?;
+            socket.set_send_buffer_size(HTTP_SOCKET_BUFFER_BYTES)?;
             socket
                 .listen(1024)
                 .with_context(|| format!("listen on {addr}"))?;
@@ -64,6 +79,35 @@ pub fn bind_all(options: &SocketOptions) -> anyhow::Result<BoundSockets> {
     })
 }
 
+/// Fails when another process holds `addr`. SO_REUSEPORT lets any process of the same user
+/// join our sockets' group, and the kernel then splits clients between two trackers with
+/// separate swarms; so before we bind, a socket without SO_REUSEPORT tries the address, and
+/// only a free address takes it. (TCP's probe sets SO_REUSEADDR, which on Linux still refuses
+/// a port another socket listens on, but not one whose old connections wait in TIME_WAIT
+/// after a restart.) Port 0 picks a free port anyway.
+fn ensure_unused(addr: SocketAddr, kind: Type) -> anyhow::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let what = if kind == Type::DGRAM { "UDP" } else { "TCP" };
+    let probe = Socket::new(Domain::for_address(addr), kind, None)
+        .with_context(|| format!("create a {what} socket to check {addr}"))?;
+    if addr.is_ipv6() {
+        probe.set_only_v6(true)?;
+    }
+    if kind == Type::STREAM {
+        probe.set_reuse_address(true)?;
+    }
+    match probe.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => anyhow::bail!(
+            "{what} {addr} is in use by another process (another hayate?); two trackers on \
+             one port would split its clients between two sets of swarms"
+        ),
+        Err(e) => Err(e).with_context(|| format!("bind {what} socket on {addr}")),
+    }
+}
+
 fn bind(addr: SocketAddr, kind: Type, recv_buffer: usize) -> std::io::Result<Socket> {
     let protocol = if kind == Type::DGRAM {
         Protocol::UDP
@@ -76,7 +120,11 @@ fn bind(addr: SocketAddr, kind: Type, recv_buffer: usize) -> std::io::Result<Soc
         socket.set_only_v6(true)?;
     }
     socket.set_reuse_port(true)?;
-    socket.set_reuse_address(true)?;
+    if kind == Type::STREAM {
+        // Restarts bind despite old connections in TIME_WAIT. Not on UDP, where it would let
+        // a socket of any process bind the same port and take our datagrams.
+        socket.set_reuse_address(true)?;
+    }
     socket.set_nonblocking(true)?;
     if recv_buffer > 0 {
         // Best effort: the kernel caps it at net.core.rmem_max.

@@ -12,6 +12,7 @@ use crate::middleware::RequestContext;
 use crate::protocol::http::forwarded;
 use crate::protocol::http::response::{write_announce, write_failure, write_http, write_scrape};
 use crate::protocol::http::{HttpAnnounce, HttpRequest, decode_target};
+use crate::source::SourceBudget;
 use crate::swarm::PeerSelection;
 
 const OK: &str = "200 OK";
@@ -25,11 +26,14 @@ pub struct HttpHandler {
     body: Vec<u8>,
     info_hashes: Vec<InfoHash>,
     stats: Vec<(InfoHash, ScrapeStats)>,
+    /// New torrents per source, this handler's share.
+    budget: Option<SourceBudget>,
 }
 
 impl HttpHandler {
     pub fn new(tracker: Arc<Tracker>, metrics: Arc<WorkerMetrics>) -> Self {
         HttpHandler {
+            budget: tracker.source_budget(),
             tracker,
             metrics,
             response: AnnounceResponse::default(),
@@ -115,7 +119,13 @@ impl HttpHandler {
                     peer_ids: !a.compact && !a.no_peer_id,
                 };
                 tracker
-                    .announce(&ctx, &mut request, selection, &mut self.response)
+                    .announce(
+                        &ctx,
+                        &mut request,
+                        selection,
+                        &mut self.response,
+                        self.budget.as_mut(),
+                    )
                     .map(|()| {
                         write_announce(
                             &mut self.body,

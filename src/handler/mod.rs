@@ -19,4 +19,6 @@ pub use udp::{MAX_UDP_REQUEST_BYTES, UdpHandler};
 pub struct Handlers {
     pub udp: UdpHandler,
     pub http: HttpHandler,
+    /// The worker's counters, for what engines count themselves (connections).
+    pub metrics: std::sync::Arc<crate::metrics::WorkerMetrics>,
 }

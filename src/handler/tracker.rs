@@ -8,6 +8,7 @@ use crate::bittorrent::{AnnounceRequest, AnnounceResponse, ClientError, InfoHash
 use crate::config::{AnnounceConfig, Config, parse_hex_key};
 use crate::middleware::{Middleware, Rejection, RequestContext};
 use crate::protocol::udp::ConnectionIdKey;
+use crate::source::SourceBudget;
 use crate::swarm::{PeerSelection, SwarmStore};
 
 /// Why a request was not served: the reason the client gets, and the kind the metrics count.
@@ -54,6 +55,8 @@ pub struct Tracker {
     pub http_max_scrape: usize,
     /// Trusted proxies and the header they set, when the reverse-proxy rule is on.
     pub reverse_proxy: Option<(String, Vec<IpNet>)>,
+    /// New torrents per source: (burst, per minute) for each handler, and the IPv6 prefix.
+    budget_share: (u32, u32, u8),
 }
 
 impl Tracker {
@@ -76,6 +79,12 @@ impl Tracker {
             }
         };
         let proxy = &config.http.reverse_proxy;
+        // Every worker has a handler per protocol, each with its own budget (no shared state
+        // on the request path): each gets an even share.
+        let protocols = u32::from(config.udp.enabled) + u32::from(config.http.enabled);
+        let handlers = (config.worker_count() as u32).saturating_mul(protocols.max(1));
+        let per_source = &config.per_source;
+        let share = |n: u32| if n == 0 { 0 } else { n.div_ceil(handlers) };
         Ok(Tracker {
             store,
             middleware,
@@ -89,17 +98,30 @@ impl Tracker {
                     proxy.trusted_proxies.clone(),
                 )
             }),
+            budget_share: (
+                share(per_source.new_torrents_burst),
+                share(per_source.new_torrents_per_minute),
+                per_source.ipv6_prefix_len,
+            ),
         })
+    }
+
+    /// A handler's own budget of new torrents per source (`None`: unlimited).
+    pub fn source_budget(&self) -> Option<SourceBudget> {
+        let (burst, per_minute, ipv6_prefix_len) = self.budget_share;
+        SourceBudget::new(burst, per_minute, ipv6_prefix_len)
     }
 
     /// pre-hooks -> store -> post-hooks. `both_families`: also list peers of the other address
     /// family (HTTP can carry both; a UDP response carries one).
+    /// `budget` (the handler's) decides whether the announce may create a torrent.
     pub fn announce(
         &self,
         ctx: &RequestContext<'_>,
         request: &mut AnnounceRequest,
         selection: PeerSelection,
         response: &mut AnnounceResponse,
+        budget: Option<&mut SourceBudget>,
     ) -> Result<(), RequestError> {
         self.middleware.before_announce(ctx, request)?;
         let numwant = request
@@ -108,8 +130,11 @@ impl Tracker {
             .min(self.announce.max_numwant);
         response.interval = self.announce.interval_secs;
         response.min_interval = self.announce.min_interval_secs;
-        self.store
-            .announce(request, numwant as usize, selection, response)
+        let source = ctx.client.ip();
+        let store = &*self.store;
+        let may_create = || budget.is_none_or(|b| b.try_spend(source, store.clock().now()));
+        store
+            .announce_limited(request, numwant as usize, selection, response, may_create)
             .map_err(RequestError::LimitReached)?;
         self.middleware.after_announce(ctx, request, response);
         Ok(())

@@ -12,9 +12,10 @@ use crate::middleware::RequestContext;
 use crate::protocol::udp::request::{announce_target, scrape_hashes};
 use crate::protocol::udp::response::{write_announce, write_connect, write_error, write_scrape};
 use crate::protocol::udp::{UdpAnnounce, UdpDecodeError, UdpRequest, decode};
+use crate::source::SourceBudget;
 use crate::swarm::{PeerSelection, PrefetchStep};
 
-/// Engines receive into buffers this large; a longer datagram is truncated and refused.
+/// Engines receive into buffers this large; a longer datagram is dropped unanswered.
 pub const MAX_UDP_REQUEST_BYTES: usize = 2048;
 
 /// One per worker: the shared tracker, this worker's counters and its scratch buffers.
@@ -25,11 +26,14 @@ pub struct UdpHandler {
     url: Vec<u8>,
     info_hashes: Vec<InfoHash>,
     stats: Vec<(InfoHash, ScrapeStats)>,
+    /// New torrents per source, this handler's share.
+    budget: Option<SourceBudget>,
 }
 
 impl UdpHandler {
     pub fn new(tracker: Arc<Tracker>, metrics: Arc<WorkerMetrics>) -> Self {
         UdpHandler {
+            budget: tracker.source_budget(),
             tracker,
             metrics,
             response: AnnounceResponse::default(),
@@ -60,6 +64,13 @@ impl UdpHandler {
         let started = self.metrics.start();
         let client = SocketAddr::new(client.ip().to_canonical(), client.port());
         let (action, error) = self.answer(packet, client, out);
+        if error.is_some() && out.len() > packet.len() && !self.proves_source(packet, client) {
+            // A source address can be forged: an error to a request without a valid
+            // connection id must not outgrow it, or hayate would amplify floods aimed at
+            // someone else. A cut reason is still an error packet with the client's
+            // transaction id.
+            out.truncate(packet.len());
+        }
         let response = match out.get(3) {
             None => None,
             Some(3) => Some(Action::Error),
@@ -73,6 +84,18 @@ impl UdpHandler {
             error.as_ref(),
             started,
         );
+    }
+
+    /// Whether `packet` carries a connection id issued to `client`: only then has the source
+    /// address answered us before, and cannot be forged. (Off the hot path: errors only.)
+    #[cold]
+    fn proves_source(&self, packet: &[u8], client: SocketAddr) -> bool {
+        let Some(id) = packet.get(..8) else {
+            return false;
+        };
+        let id = u64::from_be_bytes(id.try_into().expect("8 bytes"));
+        let now = self.tracker.store.clock().now();
+        self.tracker.connection_ids.is_valid(id, now, client.ip())
     }
 
     /// decode -> tracker -> encode; returns what was asked and why it failed, if it did.
@@ -182,7 +205,13 @@ impl UdpHandler {
         };
         // One family's addresses, no peer ids: all a UDP reply can carry.
         let selection = PeerSelection::default();
-        tracker.announce(&ctx, &mut request, selection, &mut self.response)?;
+        tracker.announce(
+            &ctx,
+            &mut request,
+            selection,
+            &mut self.response,
+            self.budget.as_mut(),
+        )?;
         write_announce(out, a.transaction_id, &self.response, client.is_ipv6());
         Ok(())
     }

@@ -15,8 +15,8 @@ use prometheus::core::Collector;
 use prometheus::proto::{self, MetricFamily, MetricType};
 
 pub use listener::serve;
-use worker::{ACTIONS, ERROR_KINDS, LATENCY_BUCKETS, PROTOCOLS, protocol_label};
-pub use worker::{Action, ErrorKind, WorkerMetrics};
+use worker::{ACTIONS, CONNECTION_CLOSES, ERROR_KINDS, LATENCY_BUCKETS, PROTOCOLS, protocol_label};
+pub use worker::{Action, ConnectionClose, ErrorKind, WorkerMetrics};
 
 use crate::handler::Tracker;
 use crate::swarm::CleanReport;
@@ -136,6 +136,62 @@ impl Metrics {
                 ));
             }
         }
+        out.push(f);
+
+        let connections =
+            |f: &dyn Fn(&worker::ConnectionCounters) -> u64| sum(&|w| f(&w.http_connections));
+        let accepted = connections(&|c| c.accepted.get());
+        let mut closed_total = 0;
+        let mut f = family(
+            "hayate_http_connections_closed_total",
+            "HTTP connections closed, by reason.",
+            MetricType::COUNTER,
+        );
+        for reason in CONNECTION_CLOSES {
+            let value = connections(&|c| c.closed[reason as usize].get());
+            closed_total += value;
+            f.mut_metric()
+                .push(counter(&[("reason", reason.label())], value as f64));
+        }
+        out.push(f);
+        for (name, help, kind, value) in [
+            (
+                "hayate_http_connections_accepted_total",
+                "HTTP connections accepted.",
+                MetricType::COUNTER,
+                accepted,
+            ),
+            (
+                "hayate_http_connections_open",
+                "HTTP connections open.",
+                MetricType::GAUGE,
+                accepted.saturating_sub(closed_total),
+            ),
+            (
+                "hayate_http_accept_errors_total",
+                "Failed accepts (EMFILE and the like): the process ran out of descriptors.",
+                MetricType::COUNTER,
+                connections(&|c| c.accept_errors.get()),
+            ),
+        ] {
+            let mut f = family(name, help, kind);
+            let value = value as f64;
+            f.mut_metric().push(if kind == MetricType::GAUGE {
+                gauge(&[], value)
+            } else {
+                counter(&[], value)
+            });
+            out.push(f);
+        }
+        let mut f = family(
+            "hayate_http_connections_refused_total",
+            "HTTP connections closed at once, by reason.",
+            MetricType::COUNTER,
+        );
+        f.mut_metric().push(counter(
+            &[("reason", "per_source_limit")],
+            connections(&|c| c.refused_per_source.get()) as f64,
+        ));
         out.push(f);
 
         let hook_names: Vec<&'static str> = workers

@@ -83,6 +83,58 @@ impl ErrorKind {
     }
 }
 
+/// Why an HTTP connection was closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionClose {
+    /// By the client, or by us after its last answer (`Connection: close`, an error reply).
+    Done = 0,
+    /// Nothing to answer or send for `http.idle_timeout_secs`.
+    IdleTimeout,
+    /// A request not whole within `http.request_timeout_secs` of its first byte.
+    RequestTimeout,
+    /// An answer not taken by the client within `http.request_timeout_secs`.
+    SendTimeout,
+    /// Closed at `http.max_connections` to admit a new connection (least recently active).
+    Evicted,
+    /// The client sent more requests than a connection may hold while it left their answers
+    /// unread.
+    InputLimit,
+}
+
+pub const CONNECTION_CLOSES: [ConnectionClose; 6] = [
+    ConnectionClose::Done,
+    ConnectionClose::IdleTimeout,
+    ConnectionClose::RequestTimeout,
+    ConnectionClose::SendTimeout,
+    ConnectionClose::Evicted,
+    ConnectionClose::InputLimit,
+];
+
+impl ConnectionClose {
+    pub fn label(self) -> &'static str {
+        [
+            "done",
+            "idle_timeout",
+            "request_timeout",
+            "send_timeout",
+            "evicted",
+            "input_limit",
+        ][self as usize]
+    }
+}
+
+/// One worker's HTTP connections: what came, what was turned away, what was closed and why.
+#[derive(Default)]
+pub struct ConnectionCounters {
+    pub accepted: Counter,
+    /// Closed at once: the source held its share of `per_source.max_http_connections`.
+    pub refused_per_source: Counter,
+    /// [reason]
+    pub closed: [Counter; CONNECTION_CLOSES.len()],
+    /// accept() failures (EMFILE and the like).
+    pub accept_errors: Counter,
+}
+
 pub const PROTOCOLS: [Protocol; 2] = [Protocol::Udp, Protocol::Http];
 
 pub fn protocol_index(p: Protocol) -> usize {
@@ -122,6 +174,7 @@ pub struct WorkerMetrics {
     /// Rejections by pre-hook, in the chain's order.
     pub hook_rejections: Box<[Counter]>,
     pub latency: [Latency; 2],
+    pub http_connections: ConnectionCounters,
     hook_names: Vec<&'static str>,
     sample: AtomicU32,
 }

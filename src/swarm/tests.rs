@@ -667,3 +667,25 @@ fn a_seeder_is_sent_leechers_only_and_a_leecher_everyone() {
             .is_empty()
     );
 }
+
+#[test]
+fn info_hashes_chosen_to_share_their_first_bytes_still_spread_over_the_shards() {
+    let store = SwarmStore::new(
+        256,
+        SwarmLimits {
+            max_torrents: 100,
+            max_peers_per_torrent: 100,
+            peer_lifetime_secs: 60,
+        },
+        Clock::stopped(NOW),
+    );
+    // Raw bytes would put all of these in one shard: they differ only past byte 8.
+    let shards: HashSet<usize> = (0..4096u32)
+        .map(|i| {
+            let mut hash = [0u8; 20];
+            hash[16..].copy_from_slice(&i.to_le_bytes());
+            store.shard_index(&InfoHash(hash))
+        })
+        .collect();
+    assert!(shards.len() > 200, "{} of 256 shards used", shards.len());
+}

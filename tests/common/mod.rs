@@ -178,6 +178,12 @@ impl UdpClient {
         parse_udp_reply(&raw, self.server.is_ipv6())
     }
 
+    /// Sends `packet` and returns the raw reply.
+    pub fn request_raw(&self, packet: &[u8]) -> Vec<u8> {
+        self.send(packet);
+        self.recv_raw(Duration::from_secs(10)).expect("a reply")
+    }
+
     pub fn request(&self, packet: &[u8]) -> UdpReply {
         self.send(packet);
         self.recv()

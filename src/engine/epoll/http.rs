@@ -1,76 +1,111 @@
-//! HTTP connections of one worker: accept, read, write, close, idle timeouts, a connection cap.
+//! HTTP connections of one worker on epoll: accept, read, write, close. Who may stay open, and
+//! for how long, is the shared [`ConnectionTable`]'s decision.
 
 use std::io::{self, Read, Write};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
-use slab::Slab;
 
 use super::{EpollSettings, FIRST_CONNECTION};
+use crate::engine::connections::{Activity, ConnectionTable};
+use crate::engine::{AcceptBackoff, abort_socket};
 use crate::handler::{ConnectionRules, HttpConnection, HttpHandler};
+use crate::metrics::{ConnectionClose, WorkerMetrics};
 
 struct Connection {
     stream: TcpStream,
     http: HttpConnection,
-    last_active: Instant,
     wants_writable: bool,
+    /// Reading stopped because the client leaves its answers unread; it resumes once they
+    /// are written (edge-triggered epoll reports no data that was already there).
+    read_paused: bool,
 }
 
 pub struct HttpConnections {
-    slab: Slab<Connection>,
-    max: usize,
+    table: ConnectionTable<Connection>,
     connection_rules: ConnectionRules,
-    idle_timeout: Duration,
     read_buffer: Box<[u8]>,
+    backoff: AcceptBackoff,
+    expired: Vec<(usize, ConnectionClose)>,
 }
 
 impl HttpConnections {
-    pub fn new(settings: &EpollSettings) -> Self {
+    pub fn new(settings: &EpollSettings, metrics: Arc<WorkerMetrics>) -> Self {
         HttpConnections {
-            slab: Slab::new(),
-            max: settings.http.max_connections_per_worker,
+            table: ConnectionTable::new(settings.http, metrics.clone()),
             connection_rules: settings.http.connection,
-            idle_timeout: settings.http.idle_timeout,
             read_buffer: vec![0; 16 * 1024].into_boxed_slice(),
+            backoff: AcceptBackoff::new(metrics),
+            expired: Vec::new(),
         }
     }
 
-    pub fn accept(&mut self, listener: &TcpListener, registry: &Registry) {
+    /// Accepts every waiting connection, unless accepting is paused after running out of
+    /// descriptors.
+    pub fn accept(&mut self, listener: &TcpListener, registry: &Registry, now: Instant) {
+        if self.backoff.is_paused(now) {
+            return;
+        }
         loop {
             match listener.accept() {
-                Ok((mut stream, peer)) => {
-                    if self.slab.len() >= self.max {
-                        // At the cap: close at once rather than queue without bound.
-                        tracing::debug!(%peer, "connection limit reached; closing");
-                        continue;
+                Ok((stream, peer)) => {
+                    let victim = match self.table.admit(peer, now) {
+                        Ok(victim) => victim,
+                        Err(_) => {
+                            abort_socket(&stream);
+                            continue;
+                        }
+                    };
+                    if let Some(victim) = victim {
+                        self.close(victim, ConnectionClose::Evicted, registry);
                     }
-                    let _ = stream.set_nodelay(true);
-                    let entry = self.slab.vacant_entry();
-                    let token = Token(FIRST_CONNECTION + entry.key());
-                    if registry
-                        .register(&mut stream, token, Interest::READABLE)
-                        .is_err()
-                    {
-                        continue;
-                    }
-                    entry.insert(Connection {
-                        stream,
-                        http: HttpConnection::new(peer, self.connection_rules),
-                        last_active: Instant::now(),
-                        wants_writable: false,
-                    });
+                    self.add(stream, peer, registry, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // EMFILE and friends: keep serving the connections we have.
-                    tracing::warn!(error = %e, "accept failed");
-                    return;
+                    if self.backoff.failed(&e, now) {
+                        return;
+                    }
                 }
             }
         }
+    }
+
+    fn add(
+        &mut self,
+        mut stream: TcpStream,
+        peer: std::net::SocketAddr,
+        registry: &Registry,
+        now: Instant,
+    ) {
+        let key = self.table.next_key();
+        if registry
+            .register(
+                &mut stream,
+                Token(FIRST_CONNECTION + key),
+                Interest::READABLE,
+            )
+            .is_err()
+        {
+            return;
+        }
+        let connection = Connection {
+            stream,
+            http: HttpConnection::new(peer, self.connection_rules),
+            wants_writable: false,
+            read_paused: false,
+        };
+        let inserted = self.table.insert(connection, peer, now);
+        debug_assert_eq!(inserted, key);
+    }
+
+    /// When a paused accept should be tried again (the poll waits no longer than that).
+    pub fn accept_resumes_at(&self) -> Option<Instant> {
+        self.backoff.resumes_at()
     }
 
     pub fn on_event(
@@ -79,59 +114,91 @@ impl HttpConnections {
         event: &Event,
         registry: &Registry,
         handler: &mut HttpHandler,
+        now: Instant,
     ) {
-        let Some(conn) = self.slab.get_mut(key) else {
+        let Some(conn) = self.table.get_mut(key) else {
             return;
         };
-        let mut open = true;
-        if event.is_readable() || event.is_read_closed() {
-            open = read_all(conn, &mut self.read_buffer, handler);
-        }
-        if open {
-            open = flush(conn, handler);
-        }
+        let mut answered = 0;
+        let mut read = event.is_readable() || event.is_read_closed();
+        let mut open = loop {
+            if read && !read_all(conn, &mut self.read_buffer, handler, &mut answered) {
+                break false;
+            }
+            if !flush(conn, handler, &mut answered) {
+                break false;
+            }
+            // Answers went out and made room: read what waited meanwhile.
+            read = conn.read_paused && conn.http.wants_input();
+            if !read {
+                break true;
+            }
+        };
         if open {
             open = update_interest(conn, key, registry);
         }
         if !open {
-            self.close(key, registry);
+            let reason = if conn.http.overflowed() {
+                ConnectionClose::InputLimit
+            } else {
+                ConnectionClose::Done
+            };
+            self.close(key, reason, registry);
+            return;
         }
+        let activity = Activity {
+            answered,
+            partial_input: conn.http.has_partial_input(),
+            output_pending: !conn.http.pending_output().is_empty(),
+        };
+        self.table.note(key, now, activity);
     }
 
-    pub fn close_idle(&mut self, registry: &Registry) {
-        let now = Instant::now();
-        let idle: Vec<usize> = self
-            .slab
-            .iter()
-            .filter(|(_, c)| now.duration_since(c.last_active) > self.idle_timeout)
-            .map(|(key, _)| key)
-            .collect();
-        for key in idle {
-            self.close(key, registry);
+    /// Closes the connections whose time is up (once a second).
+    pub fn close_expired(&mut self, registry: &Registry, now: Instant) {
+        let mut expired = std::mem::take(&mut self.expired);
+        self.table.expired(now, &mut expired);
+        for &(key, reason) in &expired {
+            self.close(key, reason, registry);
         }
+        self.expired = expired;
     }
 
-    fn close(&mut self, key: usize, registry: &Registry) {
-        if let Some(mut conn) = self.slab.try_remove(key) {
+    fn close(&mut self, key: usize, reason: ConnectionClose, registry: &Registry) {
+        self.table.close(key, reason);
+        if let Some(mut conn) = self.table.remove(key) {
+            if reason != ConnectionClose::Done {
+                abort_socket(&conn.stream);
+            }
             let _ = registry.deregister(&mut conn.stream);
         }
     }
 }
 
-/// Reads until the socket is empty; false when the connection is over.
-fn read_all(conn: &mut Connection, buffer: &mut [u8], handler: &mut HttpHandler) -> bool {
+/// Reads until the socket is empty or the connection wants no more input for now; false when
+/// the connection is over.
+fn read_all(
+    conn: &mut Connection,
+    buffer: &mut [u8],
+    handler: &mut HttpHandler,
+    answered: &mut usize,
+) -> bool {
     loop {
+        if !conn.http.wants_input() {
+            conn.read_paused = true;
+            return true;
+        }
         match conn.stream.read(buffer) {
             Ok(0) => {
                 // The client is done sending; answer what it sent, then close.
-                let _ = flush(conn, handler);
+                let _ = flush(conn, handler, answered);
                 return false;
             }
-            Ok(n) => {
-                conn.last_active = Instant::now();
-                conn.http.received(&buffer[..n], handler);
+            Ok(n) => *answered += conn.http.received(&buffer[..n], handler),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                conn.read_paused = false;
+                return true;
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return false,
         }
@@ -140,7 +207,7 @@ fn read_all(conn: &mut Connection, buffer: &mut [u8], handler: &mut HttpHandler)
 
 /// Writes pending output, answering held-back pipelined requests as room frees up; false when
 /// the connection is over.
-fn flush(conn: &mut Connection, handler: &mut HttpHandler) -> bool {
+fn flush(conn: &mut Connection, handler: &mut HttpHandler, answered: &mut usize) -> bool {
     loop {
         while !conn.http.pending_output().is_empty() {
             match conn.stream.write(conn.http.pending_output()) {
@@ -157,7 +224,7 @@ fn flush(conn: &mut Connection, handler: &mut HttpHandler) -> bool {
         if !conn.http.has_unprocessed_input() {
             return true;
         }
-        conn.http.process(handler);
+        *answered += conn.http.process(handler);
         if conn.http.pending_output().is_empty() {
             return true;
         }

@@ -16,6 +16,7 @@ use self::udp::MmsgBatch;
 use super::sockets::WorkerSockets;
 use super::{HttpLimits, Shutdown, Wake};
 use crate::handler::{Handlers, HttpHandler, UdpHandler};
+use crate::metrics::WorkerMetrics;
 
 /// Engine settings a worker needs.
 #[derive(Clone, Debug)]
@@ -43,6 +44,7 @@ pub struct EpollWorker {
     settings: EpollSettings,
     udp_handler: UdpHandler,
     http_handler: HttpHandler,
+    metrics: Arc<WorkerMetrics>,
     shutdown: Arc<Shutdown>,
 }
 
@@ -76,6 +78,7 @@ impl EpollWorker {
             settings,
             udp_handler: handlers.udp,
             http_handler: handlers.http,
+            metrics: handlers.metrics,
             shutdown,
         })
     }
@@ -83,20 +86,23 @@ impl EpollWorker {
     pub fn run(mut self) -> anyhow::Result<()> {
         let mut events = Events::with_capacity(1024);
         let mut batch = MmsgBatch::new(self.settings.udp_batch_size);
-        let mut connections = HttpConnections::new(&self.settings);
+        let mut connections = HttpConnections::new(&self.settings, self.metrics.clone());
         let mut last_sweep = Instant::now();
         let udp_count = self.udp.len();
         let listener_count = self.listeners.len();
 
         while !self.shutdown.is_requested() {
-            match self
-                .poll
-                .poll(&mut events, Some(Duration::from_millis(500)))
-            {
+            let mut timeout = Duration::from_millis(500);
+            if let Some(at) = connections.accept_resumes_at() {
+                timeout = timeout.min(at.saturating_duration_since(Instant::now()));
+            }
+            match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e).context("epoll wait"),
             }
+            // One clock read per wake-up: the deadlines are in seconds.
+            let now = Instant::now();
             for event in events.iter() {
                 match event.token() {
                     WAKER => {}
@@ -106,7 +112,11 @@ impl EpollWorker {
                             .context("UDP receive")?;
                     }
                     Token(i) if i < udp_count + listener_count => {
-                        connections.accept(&self.listeners[i - udp_count], self.poll.registry());
+                        connections.accept(
+                            &self.listeners[i - udp_count],
+                            self.poll.registry(),
+                            now,
+                        );
                     }
                     Token(i) if i >= FIRST_CONNECTION => {
                         connections.on_event(
@@ -114,14 +124,22 @@ impl EpollWorker {
                             event,
                             self.poll.registry(),
                             &mut self.http_handler,
+                            now,
                         );
                     }
                     Token(_) => {}
                 }
             }
-            if last_sweep.elapsed() >= Duration::from_secs(1) {
-                connections.close_idle(self.poll.registry());
-                last_sweep = Instant::now();
+            // Accepting paused on EMFILE: connections that waited meanwhile raise no new
+            // edge, so try the listeners again once the pause is over.
+            if connections.accept_resumes_at().is_some_and(|at| now >= at) {
+                for listener in &self.listeners {
+                    connections.accept(listener, self.poll.registry(), now);
+                }
+            }
+            if now.duration_since(last_sweep) >= Duration::from_secs(1) {
+                connections.close_expired(self.poll.registry(), now);
+                last_sweep = now;
             }
         }
         Ok(())

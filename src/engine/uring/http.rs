@@ -1,18 +1,26 @@
 //! HTTP on io_uring: multishot accept per listener, a multishot receive per connection over a
-//! provided-buffer ring, one send in flight per connection from a buffer that stays put, idle
-//! timeouts swept once a second, and a connection cap. A connection's slot is freed only when
-//! none of its operations is in flight, so no completion ever finds its slot reused.
+//! provided-buffer ring, one send in flight per connection from a buffer that stays put. Who
+//! may stay open, and for how long, is the shared [`ConnectionTable`]'s decision.
+//!
+//! A connection's slot is freed only when none of its operations is in flight, so no
+//! completion ever finds its slot reused. Closing one that has operations in flight cancels
+//! them; one closed for a timeout or to make room is also shut down and reset, which ends a
+//! send waiting on a client that never reads (cancelling only its receive left such
+//! connections, their descriptors and buffers, in place for good).
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use io_uring::{IoUring, cqueue, opcode, types};
-use slab::Slab;
 
 use super::buf_ring::BufRing;
 use super::{Op, Queue, RingSettings};
+use crate::engine::connections::{Activity, ConnectionTable};
+use crate::engine::{AcceptBackoff, abort_socket};
 use crate::handler::{ConnectionRules, HttpConnection, HttpHandler};
+use crate::metrics::{ConnectionClose, WorkerMetrics};
 
 const HTTP_GROUP: u16 = 1;
 
@@ -24,17 +32,23 @@ struct Conn {
     sent: usize,
     sending: bool,
     receiving: bool,
+    /// The receive is being cancelled because the client leaves its answers unread; it is
+    /// armed again once they are written.
+    pausing: bool,
+    /// The client sent its last byte: close once everything is answered and written.
+    eof: bool,
     closing: bool,
-    last_active: Instant,
 }
 
 pub struct HttpConnections {
     bufs: BufRing,
     first_listener: u32,
-    slab: Slab<Conn>,
-    max: usize,
+    table: ConnectionTable<Conn>,
     connection_rules: ConnectionRules,
-    idle_timeout: Duration,
+    backoff: AcceptBackoff,
+    /// Listeners whose multishot accept ended while accepting was paused.
+    accept_unarmed: Vec<usize>,
+    expired: Vec<(usize, ConnectionClose)>,
 }
 
 impl HttpConnections {
@@ -43,6 +57,7 @@ impl HttpConnections {
         settings: &RingSettings,
         first_listener: usize,
         listeners: usize,
+        metrics: Arc<WorkerMetrics>,
         queue: &mut Queue,
     ) -> anyhow::Result<Self> {
         let (count, size) = if listeners == 0 {
@@ -55,10 +70,11 @@ impl HttpConnections {
         let http = HttpConnections {
             bufs,
             first_listener: first_listener as u32,
-            slab: Slab::new(),
-            max: settings.http.max_connections_per_worker,
+            table: ConnectionTable::new(settings.http, metrics.clone()),
             connection_rules: settings.http.connection,
-            idle_timeout: settings.http.idle_timeout,
+            backoff: AcceptBackoff::new(metrics),
+            accept_unarmed: Vec::new(),
+            expired: Vec::new(),
         };
         for listener in 0..listeners {
             http.arm_accept(listener, queue);
@@ -75,41 +91,84 @@ impl HttpConnections {
     }
 
     fn arm_recv(&mut self, key: usize, queue: &mut Queue) {
-        let conn = &mut self.slab[key];
-        let entry = opcode::RecvMulti::new(types::Fd(conn.fd.as_raw_fd()), self.bufs.group())
+        let group = self.bufs.group();
+        let conn = self.table.get_mut(key).expect("live connection");
+        let entry = opcode::RecvMulti::new(types::Fd(conn.fd.as_raw_fd()), group)
             .build()
             .user_data(Op::ConnRecv.data(key));
         conn.receiving = true;
         queue.push(entry);
     }
 
-    pub fn on_accept(&mut self, listener: usize, result: i32, flags: u32, queue: &mut Queue) {
+    pub fn on_accept(
+        &mut self,
+        listener: usize,
+        result: i32,
+        flags: u32,
+        queue: &mut Queue,
+        now: Instant,
+    ) {
+        let pause = result < 0
+            && self
+                .backoff
+                .failed(&std::io::Error::from_raw_os_error(-result), now);
         if !cqueue::more(flags) {
-            self.arm_accept(listener, queue);
+            if pause || self.backoff.is_paused(now) {
+                // Re-armed when the pause is over (`resume_accepts`): at once it would fail
+                // again, as fast as the ring can go.
+                self.accept_unarmed.push(listener);
+            } else {
+                self.arm_accept(listener, queue);
+            }
         }
         if result < 0 {
-            // EMFILE and friends: keep serving the connections we have.
-            tracing::warn!(error = %std::io::Error::from_raw_os_error(-result), "accept failed");
             return;
         }
         // SAFETY: a successful accept returns a new descriptor that we now own.
         let fd = unsafe { OwnedFd::from_raw_fd(result) };
-        if self.slab.len() >= self.max {
-            tracing::debug!("connection limit reached; closing");
-            return; // dropping fd closes it
-        }
         let Some(peer) = peer_addr(&fd) else { return };
-        let key = self.slab.insert(Conn {
-            fd,
-            http: HttpConnection::new(peer, self.connection_rules),
-            send_buf: Vec::new(),
-            sent: 0,
-            sending: false,
-            receiving: false,
-            closing: false,
-            last_active: Instant::now(),
-        });
+        let victim = match self.table.admit(peer, now) {
+            Ok(victim) => victim,
+            Err(_) => {
+                abort_socket(&fd);
+                return; // dropping fd closes it
+            }
+        };
+        if let Some(victim) = victim {
+            self.close(victim, ConnectionClose::Evicted, queue);
+        }
+        let key = self.table.insert(
+            Conn {
+                fd,
+                http: HttpConnection::new(peer, self.connection_rules),
+                send_buf: Vec::new(),
+                sent: 0,
+                sending: false,
+                receiving: false,
+                pausing: false,
+                eof: false,
+                closing: false,
+            },
+            peer,
+            now,
+        );
         self.arm_recv(key, queue);
+    }
+
+    /// When accepting, paused after EMFILE and the like, resumes (the ring's wait is no longer).
+    pub fn accept_resumes_at(&self) -> Option<Instant> {
+        self.backoff.resumes_at()
+    }
+
+    /// Re-arms the accepts that ended during a pause, once it is over.
+    pub fn resume_accepts(&mut self, queue: &mut Queue, now: Instant) {
+        // (is_paused first: it also ends a pause that is over, which ends the short waits.)
+        if self.backoff.is_paused(now) || self.accept_unarmed.is_empty() {
+            return;
+        }
+        for listener in std::mem::take(&mut self.accept_unarmed) {
+            self.arm_accept(listener, queue);
+        }
     }
 
     pub fn on_recv(
@@ -119,29 +178,36 @@ impl HttpConnections {
         flags: u32,
         handler: &mut HttpHandler,
         queue: &mut Queue,
+        now: Instant,
     ) {
-        let Some(conn) = self.slab.get_mut(key) else {
+        let Some(conn) = self.table.get_mut(key) else {
             return;
         };
+        let mut answered = 0;
         if let Some(bid) = cqueue::buffer_select(flags) {
-            if result > 0 && !conn.closing {
-                conn.http
+            if result > 0 && !conn.closing && !conn.eof {
+                answered = conn
+                    .http
                     .received(self.bufs.buffer(bid, result as usize), handler);
-                conn.last_active = Instant::now();
             }
             self.bufs.give_back(bid);
         }
-        let more = cqueue::more(flags);
-        if !more {
+        if !cqueue::more(flags) {
+            // Ended: out of buffers (ENOBUFS), our cancel, or the kernel's choice. `flush`
+            // arms it again when the connection wants input.
             conn.receiving = false;
+            conn.pausing = false;
         }
-        if result == 0 || (result < 0 && result != -libc::ENOBUFS) {
-            // End of stream, an error, or our own cancel.
-            self.begin_close(key, queue);
-        } else if !more && !conn.closing {
-            self.arm_recv(key, queue);
+        if result == 0 {
+            // The client is done sending: answer what it sent, then close.
+            conn.eof = true;
+        } else if result == -libc::ECANCELED && !conn.closing {
+            // Our own pause.
+        } else if result < 0 && result != -libc::ENOBUFS {
+            // An error, or our own cancel of a closing connection.
+            self.close(key, ConnectionClose::Done, queue);
         }
-        self.flush(key, handler, queue);
+        self.flush(key, answered, handler, queue, now);
     }
 
     pub fn on_send(
@@ -150,13 +216,14 @@ impl HttpConnections {
         result: i32,
         handler: &mut HttpHandler,
         queue: &mut Queue,
+        now: Instant,
     ) {
-        let Some(conn) = self.slab.get_mut(key) else {
+        let Some(conn) = self.table.get_mut(key) else {
             return;
         };
         conn.sending = false;
         if result <= 0 {
-            self.begin_close(key, queue);
+            self.close(key, ConnectionClose::Done, queue);
             self.free_if_done(key);
             return;
         }
@@ -166,33 +233,68 @@ impl HttpConnections {
             return;
         }
         conn.send_buf.clear();
-        self.flush(key, handler, queue);
+        self.flush(key, 0, handler, queue, now);
     }
 
     /// Sends pending output if no send is in flight; answers requests held back by output;
-    /// closes a finished connection.
-    fn flush(&mut self, key: usize, handler: &mut HttpHandler, queue: &mut Queue) {
-        let Some(conn) = self.slab.get_mut(key) else {
+    /// pauses or resumes receiving; closes a finished connection; tells the table.
+    fn flush(
+        &mut self,
+        key: usize,
+        mut answered: usize,
+        handler: &mut HttpHandler,
+        queue: &mut Queue,
+        now: Instant,
+    ) {
+        let Some(conn) = self.table.get_mut(key) else {
             return;
         };
-        if conn.sending {
+        if conn.closing {
+            self.free_if_done(key);
             return;
         }
-        if conn.http.pending_output().is_empty() && conn.http.has_unprocessed_input() {
-            conn.http.process(handler);
+        if !conn.sending {
+            if conn.http.pending_output().is_empty() && conn.http.has_unprocessed_input() {
+                answered += conn.http.process(handler);
+            }
+            if !conn.http.pending_output().is_empty() {
+                conn.http.take_output(&mut conn.send_buf);
+                conn.sent = 0;
+                self.send(key, queue);
+            } else if conn.http.is_finished() || conn.eof {
+                // (After an end of input with nothing left to send, whatever input remains is
+                // a request that can never complete.)
+                let reason = if conn.http.overflowed() {
+                    ConnectionClose::InputLimit
+                } else {
+                    ConnectionClose::Done
+                };
+                self.close(key, reason, queue);
+                self.free_if_done(key);
+                return;
+            }
         }
-        if !conn.http.pending_output().is_empty() {
-            conn.http.take_output(&mut conn.send_buf);
-            conn.sent = 0;
-            self.send(key, queue);
-        } else if conn.http.is_finished() {
-            self.begin_close(key, queue);
+        let conn = self.table.get_mut(key).expect("live connection");
+        let wants_input = conn.http.wants_input() && !conn.eof;
+        if wants_input && !conn.receiving {
+            self.arm_recv(key, queue);
+        } else if !wants_input && conn.receiving && !conn.pausing {
+            // Stop reading a client that leaves its answers unread: what it sends waits in
+            // the kernel, which stops it with TCP flow control, not in our memory.
+            conn.pausing = true;
+            queue.push(cancel(Op::ConnRecv.data(key), key));
         }
-        self.free_if_done(key);
+        let conn = self.table.get(key).expect("live connection");
+        let activity = Activity {
+            answered,
+            partial_input: conn.http.has_partial_input(),
+            output_pending: conn.sending,
+        };
+        self.table.note(key, now, activity);
     }
 
     fn send(&mut self, key: usize, queue: &mut Queue) {
-        let conn = &mut self.slab[key];
+        let conn = self.table.get_mut(key).expect("live connection");
         let rest = &conn.send_buf[conn.sent..];
         let entry = opcode::Send::new(
             types::Fd(conn.fd.as_raw_fd()),
@@ -206,50 +308,61 @@ impl HttpConnections {
         queue.push(entry);
     }
 
-    fn begin_close(&mut self, key: usize, queue: &mut Queue) {
-        let Some(conn) = self.slab.get_mut(key) else {
+    /// Starts closing `key`: cancels what is in flight; for anything but a normal end, also
+    /// shuts the socket down and resets it, so a send stuck on a client that never reads
+    /// ends too. The slot is freed once nothing of it is in flight ([`Self::free_if_done`]).
+    fn close(&mut self, key: usize, reason: ConnectionClose, queue: &mut Queue) {
+        self.table.close(key, reason);
+        let Some(conn) = self.table.get_mut(key) else {
             return;
         };
         if conn.closing {
             return;
         }
         conn.closing = true;
+        if reason != ConnectionClose::Done {
+            abort_socket(&conn.fd);
+            let _ = socket2::SockRef::from(&conn.fd).shutdown(std::net::Shutdown::Both);
+        }
         if conn.receiving {
-            let cancel = opcode::AsyncCancel::new(Op::ConnRecv.data(key))
-                .build()
-                .user_data(Op::Cancel.data(key));
-            queue.push(cancel);
+            queue.push(cancel(Op::ConnRecv.data(key), key));
+        }
+        if conn.sending {
+            queue.push(cancel(Op::ConnSend.data(key), key));
         }
     }
 
     /// Frees a closing connection once nothing of it is in flight (dropping the fd closes it).
     fn free_if_done(&mut self, key: usize) {
         if self
-            .slab
+            .table
             .get(key)
             .is_some_and(|c| c.closing && !c.receiving && !c.sending)
         {
-            self.slab.remove(key);
+            self.table.remove(key);
         }
     }
 
-    pub fn close_idle(&mut self, queue: &mut Queue) {
-        let now = Instant::now();
-        let idle: Vec<usize> = self
-            .slab
-            .iter()
-            .filter(|(_, c)| !c.closing && now.duration_since(c.last_active) > self.idle_timeout)
-            .map(|(key, _)| key)
-            .collect();
-        for key in idle {
-            self.begin_close(key, queue);
+    /// Closes the connections whose time is up (once a second).
+    pub fn close_expired(&mut self, queue: &mut Queue, now: Instant) {
+        let mut expired = std::mem::take(&mut self.expired);
+        self.table.expired(now, &mut expired);
+        for &(key, reason) in &expired {
+            self.close(key, reason, queue);
             self.free_if_done(key);
         }
+        self.expired = expired;
     }
 
     pub fn publish(&self) {
         self.bufs.publish();
     }
+}
+
+fn cancel(user_data: u64, key: usize) -> io_uring::squeue::Entry {
+    opcode::AsyncCancel::new(user_data)
+        .build()
+        .user_data(Op::Cancel.data(key))
 }
 
 fn peer_addr(fd: &OwnedFd) -> Option<SocketAddr> {

@@ -198,6 +198,7 @@ impl Ring {
             settings,
             sockets.udp.len(),
             sockets.tcp.len(),
+            worker.handlers.metrics.clone(),
             &mut queue,
         )?;
         let mut state = Ring {
@@ -213,7 +214,7 @@ impl Ring {
             _sockets: sockets,
         };
         state.arm_wake();
-        state.submit(0).context("first submit")?;
+        state.submit(0, Duration::ZERO).context("first submit")?;
         Ok(state)
     }
 
@@ -229,8 +230,8 @@ impl Ring {
     }
 
     /// Pushes the queued SQEs (submitting early if the SQ fills) and submits, waiting for at
-    /// least `want` completions or a second.
-    fn submit(&mut self, want: usize) -> io::Result<()> {
+    /// least `want` completions or `wait`.
+    fn submit(&mut self, want: usize, wait: Duration) -> io::Result<()> {
         let (submitter, mut sq, _) = self.ring.split();
         for entry in self.queue.entries.drain(..) {
             // SAFETY: every queued SQE points at memory owned by this worker that outlives its
@@ -242,7 +243,7 @@ impl Ring {
             }
         }
         sq.sync();
-        let timeout = types::Timespec::new().sec(1);
+        let timeout = types::Timespec::from(wait);
         let args = types::SubmitArgs::new().timespec(&timeout);
         match submitter.submit_with_args(want, &args) {
             Ok(_) => Ok(()),
@@ -270,7 +271,13 @@ impl Ring {
         let mut last_sweep = Instant::now();
         let mut completions = Vec::with_capacity(4096);
         while !self.shutdown.is_requested() {
-            self.submit(1).context("io_uring submit")?;
+            let mut wait = Duration::from_secs(1);
+            if let Some(at) = self.http.accept_resumes_at() {
+                wait = wait.min(at.saturating_duration_since(Instant::now()));
+            }
+            self.submit(1, wait).context("io_uring submit")?;
+            // One clock read per batch: the connection deadlines are in seconds.
+            let now = Instant::now();
             completions.clear();
             completions.extend(
                 self.ring
@@ -294,26 +301,33 @@ impl Ring {
                         &mut self.queue,
                     ),
                     Op::UdpSend => self.udp.on_send(index),
-                    Op::Accept => self.http.on_accept(index, result, flags, &mut self.queue),
+                    Op::Accept => self
+                        .http
+                        .on_accept(index, result, flags, &mut self.queue, now),
                     Op::ConnRecv => self.http.on_recv(
                         index,
                         result,
                         flags,
                         &mut self.http_handler,
                         &mut self.queue,
+                        now,
                     ),
-                    Op::ConnSend => {
-                        self.http
-                            .on_send(index, result, &mut self.http_handler, &mut self.queue)
-                    }
+                    Op::ConnSend => self.http.on_send(
+                        index,
+                        result,
+                        &mut self.http_handler,
+                        &mut self.queue,
+                        now,
+                    ),
                     Op::Cancel => {}
                 }
             }
             self.udp.publish();
             self.http.publish();
-            if last_sweep.elapsed() >= Duration::from_secs(1) {
-                self.http.close_idle(&mut self.queue);
-                last_sweep = Instant::now();
+            self.http.resume_accepts(&mut self.queue, now);
+            if now.duration_since(last_sweep) >= Duration::from_secs(1) {
+                self.http.close_expired(&mut self.queue, now);
+                last_sweep = now;
             }
         }
         Ok(())

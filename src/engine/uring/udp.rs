@@ -137,7 +137,13 @@ impl UdpSockets {
         let Ok(message) = types::RecvMsgOut::parse(data, &self.recv_header) else {
             return;
         };
-        if message.is_payload_truncated() || message.is_name_data_truncated() {
+        // Dropped like epoll's truncated datagrams: the buffer has a little room past
+        // MAX_UDP_REQUEST_BYTES (the header and address share it), so a datagram one byte
+        // longer would otherwise be served here and not there.
+        if message.is_payload_truncated()
+            || message.is_name_data_truncated()
+            || message.incoming_payload_len() as usize > MAX_UDP_REQUEST_BYTES
+        {
             return; // longer than any valid request
         }
         let name = message.name_data();

@@ -18,6 +18,7 @@ pub fn write_announce(
 ) {
     out.push(b'd');
     key_int(out, "complete", i64::from(response.complete));
+    key_int(out, "downloaded", i64::from(response.downloaded));
     match external_ip {
         IpAddr::V4(ip) => key_bytes(out, "external ip", &ip.octets()),
         IpAddr::V6(ip) => key_bytes(out, "external ip", &ip.octets()),
@@ -122,6 +123,7 @@ mod tests {
             min_interval: 900,
             complete: 2,
             incomplete: 1,
+            downloaded: 9,
             peers: vec![
                 ResponsePeer {
                     addr: "1.2.3.4:5".parse().unwrap(),
@@ -162,6 +164,7 @@ mod tests {
         );
         let d = dict(&out);
         assert_eq!(get(&d, "complete").as_u64(), Some(2));
+        assert_eq!(get(&d, "downloaded").as_u64(), Some(9));
         assert_eq!(get(&d, "incomplete").as_u64(), Some(1));
         assert_eq!(get(&d, "interval").as_u64(), Some(1800));
         assert_eq!(get(&d, "min interval").as_u64(), Some(900));

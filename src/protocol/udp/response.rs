@@ -69,6 +69,7 @@ mod tests {
             min_interval: 30,
             complete: 3,
             incomplete: 4,
+            downloaded: 0,
             peers: vec![
                 ResponsePeer {
                     addr: "1.2.3.4:5".parse().unwrap(),
