@@ -15,6 +15,11 @@ use crate::middleware::{PostHookConfig, PreHookConfig};
 /// The embedded default configuration, with its comments.
 pub const DEFAULT_YAML: &str = include_str!("../../config.yaml");
 
+/// Largest config file read. The embedded default is a few KiB, and a config with an inline
+/// torrent list of 100,000 hashes about 5 MiB; a larger list belongs in `torrent_approval`'s
+/// `file`. Without a cap, `--config /dev/zero` would read until memory ran out.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -291,8 +296,9 @@ impl Config {
     }
 
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+        let bytes = read_capped(path, MAX_CONFIG_BYTES, "config file")?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| anyhow::anyhow!("config file {} is not UTF-8", path.display()))?;
         Config::from_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     }
 
@@ -477,6 +483,36 @@ impl Config {
     }
 }
 
+/// The contents of `path`, refused if longer than `cap` bytes. Reads at most one byte past the
+/// cap, so a FIFO or a device such as /dev/zero ends the read too. `what` names the file in
+/// errors ("config file").
+pub(crate) fn read_capped(path: &Path, cap: u64, what: &str) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| anyhow::anyhow!("cannot read {what} {}: {e}", path.display());
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let mut bytes = Vec::new();
+    file.take(cap + 1).read_to_end(&mut bytes).map_err(cannot)?;
+    if bytes.len() as u64 > cap {
+        anyhow::bail!(
+            "{what} {} is larger than {}, the most hayate reads",
+            path.display(),
+            describe_bytes(cap)
+        );
+    }
+    Ok(bytes)
+}
+
+/// `16 MiB (16777216 bytes)`: the unit an operator reads, and the exact number.
+pub(crate) fn describe_bytes(n: u64) -> String {
+    let unit = [(30, "GiB"), (20, "MiB"), (10, "KiB")]
+        .into_iter()
+        .find(|&(shift, _)| n >= 1 << shift && n.is_multiple_of(1 << shift));
+    match unit {
+        Some((shift, name)) => format!("{} {name} ({n} bytes)", n >> shift),
+        None => format!("{n} bytes"),
+    }
+}
+
 /// The connection-id key from its 32 hex characters.
 pub fn parse_hex_key(text: &str) -> Option<[u8; 16]> {
     let bytes = text.as_bytes();
@@ -559,6 +595,29 @@ mod tests {
         let err = Config::from_yaml("announce:\n  interval_secs: 9000\n").unwrap_err();
         assert_eq!(err.key.as_deref(), Some("swarm.peer_lifetime_secs"));
         assert_eq!(err.line, None);
+    }
+
+    #[test]
+    fn config_files_past_the_cap_are_refused_naming_file_and_cap() {
+        let err = Config::load(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/dev/zero") && err.contains("16 MiB"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.yaml");
+        let at_cap = "#".repeat(MAX_CONFIG_BYTES as usize);
+        std::fs::write(&path, &at_cap).unwrap();
+        assert_eq!(Config::load(&path).unwrap(), Config::default());
+        std::fs::write(&path, at_cap + "\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("larger than 16 MiB"), "{err}");
+    }
+
+    #[test]
+    fn byte_counts_read_in_their_unit() {
+        assert_eq!(describe_bytes(16 << 20), "16 MiB (16777216 bytes)");
+        assert_eq!(describe_bytes(1 << 30), "1 GiB (1073741824 bytes)");
+        assert_eq!(describe_bytes(1000), "1000 bytes");
     }
 
     #[test]

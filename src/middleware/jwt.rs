@@ -33,6 +33,7 @@ use siphasher::sip128::{Hasher128, SipHasher13};
 use super::{PreHook, RequestContext};
 use crate::bittorrent::{AnnounceRequest, ClientError, InfoHash};
 use crate::clock::Clock;
+use crate::config::read_capped;
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -115,7 +116,8 @@ fn is_plain_http_off_host(url: &str) -> bool {
     uri.scheme_str() == Some("http") && !loopback
 }
 
-/// Largest JWK set accepted: a set of a few keys is a few KiB.
+/// Largest JWK set accepted, from a file or over the network: a set of a few keys is a few
+/// KiB.
 const MAX_JWKS_BYTES: u64 = 1 << 20;
 
 enum KeySource {
@@ -126,9 +128,7 @@ enum KeySource {
 impl KeySource {
     fn fetch(&self) -> anyhow::Result<Vec<u8>> {
         match self {
-            KeySource::File(path) => {
-                std::fs::read(path).with_context(|| format!("read {}", path.display()))
-            }
+            KeySource::File(path) => read_capped(path, MAX_JWKS_BYTES, "JWK set file"),
             KeySource::Url { url, agent } => {
                 let mut response = agent
                     .get(url.as_str())
@@ -600,6 +600,18 @@ mod tests {
             "{err}"
         );
         assert!(parse_jwks(b"<html>").is_err());
+    }
+
+    #[test]
+    fn a_key_file_past_the_cap_is_refused() {
+        let err = KeySource::File("/dev/zero".into())
+            .fetch()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/dev/zero") && err.contains("larger than 1 MiB"),
+            "{err}"
+        );
     }
 
     #[test]
