@@ -33,7 +33,7 @@ use siphasher::sip128::{Hasher128, SipHasher13};
 use super::{PreHook, RequestContext};
 use crate::bittorrent::{AnnounceRequest, ClientError, InfoHash};
 use crate::clock::Clock;
-use crate::config::read_capped;
+use crate::config::{DAY_SECS, read_capped};
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -82,11 +82,25 @@ impl JwtConfig {
             (None, Some(url)) => check_url(url)?,
             (Some(_), None) => {}
         }
-        if self.refresh_interval_secs == 0 {
-            return Err("`refresh_interval_secs` must be at least 1".into());
+        // Keys rotated at the issuer reach the tracker within this (SIGHUP: at once).
+        if !(1..=u64::from(DAY_SECS)).contains(&self.refresh_interval_secs) {
+            return Err(format!(
+                "`refresh_interval_secs` must be between 1 and {DAY_SECS} (a day)"
+            ));
         }
-        if self.fetch_timeout_secs == 0 {
-            return Err("`fetch_timeout_secs` must be at least 1".into());
+        // A SIGHUP reload waits for the fetch on the thread that also handles SIGTERM, so a
+        // stop can wait this long; and the HTTP client adds it to an Instant, which panics
+        // past the clock's range.
+        if !(1..=MAX_FETCH_TIMEOUT_SECS).contains(&self.fetch_timeout_secs) {
+            return Err(format!(
+                "`fetch_timeout_secs` must be between 1 and {MAX_FETCH_TIMEOUT_SECS}"
+            ));
+        }
+        // Skew between clocks is seconds; past an hour, expired tokens would simply be taken.
+        if self.leeway_secs > MAX_LEEWAY_SECS {
+            return Err(format!(
+                "`leeway_secs` must be between 0 and {MAX_LEEWAY_SECS} (an hour)"
+            ));
         }
         Ok(())
     }
@@ -119,6 +133,8 @@ fn is_plain_http_off_host(url: &str) -> bool {
 /// Largest JWK set accepted, from a file or over the network: a set of a few keys is a few
 /// KiB.
 const MAX_JWKS_BYTES: u64 = 1 << 20;
+const MAX_FETCH_TIMEOUT_SECS: u64 = 60;
+const MAX_LEEWAY_SECS: u64 = 3600;
 
 enum KeySource {
     File(PathBuf),

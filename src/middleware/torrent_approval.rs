@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::{PreHook, RequestContext};
 use crate::bittorrent::{AnnounceRequest, ClientError, InfoHash};
-use crate::config::describe_bytes;
+use crate::config::{DAY_SECS, describe_bytes};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -58,8 +58,11 @@ impl TorrentApprovalConfig {
             parse_hex_hash(hash)
                 .ok_or_else(|| format!("`{hash}` is not an info hash (40 hex characters)"))?;
         }
-        if self.check_interval_secs == 0 {
-            return Err("`check_interval_secs` must be at least 1".into());
+        // Past a day the file is as good as never checked (SIGHUP still reloads it).
+        if !(1..=u64::from(DAY_SECS)).contains(&self.check_interval_secs) {
+            return Err(format!(
+                "`check_interval_secs` must be between 1 and {DAY_SECS} (a day)"
+            ));
         }
         Ok(())
     }
