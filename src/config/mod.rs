@@ -364,6 +364,9 @@ impl Config {
                 format!("must be between 1 and {MAX_WORKERS}, or 0 for one per CPU"),
             );
         }
+        if let Err(why) = check_log_level(&self.log.level) {
+            return fail("log.level", why);
+        }
         let ring = &self.io_uring;
         // The completion queue is four times the submission queue, and the kernel refuses one
         // of more than 65536 entries: larger values would pass here and fail at start-up.
@@ -637,6 +640,48 @@ pub(crate) fn describe_bytes(n: u64) -> String {
         Some((shift, name)) => format!("{} {name} ({n} bytes)", n >> shift),
         None => format!("{n} bytes"),
     }
+}
+
+const LOG_LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+
+/// `log.level`: a level, or a list of tracing directives (`info,hayate::swarm=debug`) each
+/// ending in a level. tracing-subscriber reads a bare word that is not a level as a target to
+/// log at every level, so `warning` alone would log nothing at all: every directive must name
+/// its level here.
+fn check_log_level(level: &str) -> Result<(), String> {
+    let refuse = |what: String| {
+        Err(format!(
+            "{what}: give a level ({}) or directives such as `info,hayate=debug`",
+            LOG_LEVELS.join(", ")
+        ))
+    };
+    // tracing-subscriber splits directives on commas, and so do we.
+    let directives = level.split(',').map(str::trim).filter(|d| !d.is_empty());
+    if directives.clone().next().is_none() {
+        return refuse("no level".into());
+    }
+    for directive in directives {
+        // The level follows the last `=`; a bare word must be a level itself.
+        let (named, bare) = match directive.rsplit_once('=') {
+            Some((_, level)) => (level, false),
+            None => (directive, true),
+        };
+        if !LOG_LEVELS.iter().any(|l| l.eq_ignore_ascii_case(named)) {
+            let why = if bare {
+                "is not a level"
+            } else {
+                "does not end in a level"
+            };
+            return refuse(format!("`{directive}` {why}"));
+        }
+        if tracing_subscriber::EnvFilter::builder()
+            .parse(directive)
+            .is_err()
+        {
+            return refuse(format!("`{directive}` is not a valid directive"));
+        }
+    }
+    Ok(())
 }
 
 /// The connection-id key from its 32 hex characters.
@@ -916,6 +961,61 @@ mod tests {
         assert!(message.contains("2700") && message.contains("max_increase_delta"));
         // Never applied: the interval alone counts.
         Config::from_yaml(&yaml("0")).unwrap();
+    }
+
+    #[test]
+    fn log_levels_and_directive_lists_with_levels_are_accepted() {
+        for level in [
+            "error",
+            "warn",
+            "info",
+            "debug",
+            "trace",
+            "off",
+            "INFO",
+            "info,hayate=debug",
+            "warn, hayate::swarm=trace",
+            "hayate[worker]=debug",
+            "hayate=off,info",
+        ] {
+            let yaml = format!("log:\n  level: \"{level}\"\n");
+            assert_eq!(
+                Config::from_yaml(&yaml).map(|c| c.log.level),
+                Ok(level.into())
+            );
+        }
+    }
+
+    #[test]
+    fn a_log_level_that_is_not_a_level_is_refused() {
+        let not_levels = [
+            "warning",
+            "info,hayate",
+            "hayate=loud",
+            "",
+            " , ",
+            "hayate=3",
+            "[x=1",
+            "hayate[{}]=info",
+        ];
+        for level in not_levels {
+            let yaml = format!("log:\n  level: \"{level}\"\n");
+            let (key, line, message) = refused(&yaml);
+            assert_eq!(
+                (key.as_deref(), line),
+                (Some("log.level"), Some(2)),
+                "{level}: {message}"
+            );
+            assert!(
+                message.contains("error, warn, info, debug, trace, off"),
+                "{message}"
+            );
+        }
+        let (_, _, message) = refused("log:\n  level: warning\n");
+        assert!(message.starts_with("`warning` is not a level"), "{message}");
+        // Its level is fine; tracing-subscriber's parser refuses the rest.
+        let (_, _, message) = refused("log:\n  level: \"hayate[{}]=info\"\n");
+        assert!(message.contains("not a valid directive"), "{message}");
     }
 
     #[test]
