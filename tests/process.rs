@@ -87,6 +87,31 @@ fn check_config_accepts_good_files_and_names_key_and_line_of_bad_ones() {
     assert!(err.contains("/nonexistent/hayate.yaml"), "{err}");
 }
 
+#[test]
+fn a_config_file_without_end_is_refused_at_the_cap() {
+    for flag in ["--check-config", "--config"] {
+        let (code, _, err) = run(&[flag, "/dev/zero"]);
+        assert_eq!(code, 2, "{flag}: {err}");
+        assert!(
+            err.contains("/dev/zero") && err.contains("larger than 16 MiB"),
+            "{flag}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_worker_count_past_the_bound_is_a_config_error_not_a_crash() {
+    let bad = write_config("workers: 18446744073709551615\n");
+    for flag in ["--check-config", "--config"] {
+        let (code, _, err) = run(&[flag, bad.path().to_str().unwrap()]);
+        assert_eq!(code, 2, "{flag}: {err}");
+        assert!(
+            err.contains("`workers` (line 1)") && err.contains("1024"),
+            "{flag}: {err}"
+        );
+    }
+}
+
 /// Starts the binary, waits for its "serving" log line, returns it with the line.
 // The child goes back to the caller, which stops it and waits for it (clippy cannot see that).
 #[allow(clippy::zombie_processes)]

@@ -4,28 +4,33 @@
 
 /// The key defined on line `line` (1-based), as a dotted path, if that line is a `key:` line.
 pub fn key_at_line(text: &str, line: usize) -> Option<String> {
-    let lines: Vec<&str> = text.lines().collect();
-    let (indent, key) = key_of(lines.get(line.checked_sub(1)?)?)?;
-    let mut path = vec![key];
-    let mut want_below = indent;
-    for l in lines[..line - 1].iter().rev() {
-        if let Some((i, k)) = key_of(l)
-            && i < want_below
-        {
-            path.push(k);
-            want_below = i;
-            if i == 0 {
-                break;
-            }
-        }
-    }
-    path.reverse();
-    Some(path.join("."))
+    keyed_lines(text)
+        .take_while(|&(n, _)| n <= line)
+        .find(|&(n, _)| n == line)
+        .map(|(_, path)| path.join("."))
 }
 
 /// The 1-based line where dotted `key` is defined, if it is written in the file.
 pub fn line_of_key(text: &str, key: &str) -> Option<usize> {
-    (1..=text.lines().count()).find(|&n| key_at_line(text, n).as_deref() == Some(key))
+    keyed_lines(text)
+        // Keys hold no dots (see `key_of`), so the dotted key splits back into the path.
+        .find(|(_, path)| key.split('.').eq(path.iter().copied()))
+        .map(|(n, _)| n)
+}
+
+/// Every `key:` line with its 1-based number and the path of keys down to it, in one pass: a
+/// stack of the enclosing keys, each less indented than the one after it. (Walking back from
+/// each line instead made a large file quadratic.)
+fn keyed_lines(text: &str) -> impl Iterator<Item = (usize, Vec<&str>)> {
+    let mut stack: Vec<(usize, &str)> = Vec::new();
+    text.lines().enumerate().filter_map(move |(i, line)| {
+        let (indent, key) = key_of(line)?;
+        while stack.last().is_some_and(|&(above, _)| above >= indent) {
+            stack.pop();
+        }
+        stack.push((indent, key));
+        Some((i + 1, stack.iter().map(|&(_, k)| k).collect()))
+    })
 }
 
 /// `(indent, key)` of a `key: value`, `key:` or `- key: value` line (the key of a list item's

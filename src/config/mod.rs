@@ -15,6 +15,36 @@ use crate::middleware::{PostHookConfig, PreHookConfig};
 /// The embedded default configuration, with its comments.
 pub const DEFAULT_YAML: &str = include_str!("../../config.yaml");
 
+/// Largest config file read. The embedded default is a few KiB, and a config with an inline
+/// torrent list of 100,000 hashes about 5 MiB; a larger list belongs in `torrent_approval`'s
+/// `file`. Without a cap, `--config /dev/zero` would read until memory ran out.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+// Bounds of numeric keys: generous for any real deployment, and small enough that no value
+// overflows, allocates without bound, or is silently cut short by what consumes it.
+
+/// Most worker threads (`workers`), configured or automatic: far more than the CPUs of most
+/// machines, and 64 shards each stay within [`MAX_SHARDS`].
+pub const MAX_WORKERS: usize = 1024;
+/// Most store shards (`swarm.shards`): lock stripes of a few dozen bytes each, which every
+/// cleaning pass visits; 64 per worker for the most workers.
+pub const MAX_SHARDS: usize = 65536;
+/// Most bytes of HTTP receive buffers one io_uring worker holds (64 times the default 4 MiB).
+pub const MAX_HTTP_RING_BYTES: usize = 256 << 20;
+/// Largest `udp.socket_recv_buffer_bytes`: setsockopt takes a C int, and the kernel keeps at
+/// most INT_MAX / 2 (it doubles the value for its bookkeeping).
+pub const MAX_SOCKET_RECV_BUFFER_BYTES: usize = 1 << 30;
+/// Most open HTTP connections (`http.max_connections`): each is a file descriptor, and Linux
+/// allows a process 1,048,576 by default (fs.nr_open); this leaves room for raised limits.
+pub const MAX_HTTP_CONNECTIONS: usize = 16 << 20;
+/// Most peers per torrent and family (`swarm.max_peers_per_torrent`): replies count seeders
+/// and leechers of both families in 32-bit fields, signed in UDP (BEP 15), and the store keeps
+/// a large swarm's positions in 4 bytes. A billion IPv4 peers would also take 31 GB.
+pub const MAX_PEERS_PER_TORRENT: usize = 1_000_000_000;
+pub(crate) const DAY_SECS: u32 = 86_400;
+pub(crate) const WEEK_SECS: u32 = 7 * DAY_SECS;
+pub(crate) const MONTH_SECS: u32 = 30 * DAY_SECS;
+
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -315,8 +345,9 @@ impl Config {
     }
 
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+        let bytes = read_capped(path, MAX_CONFIG_BYTES, "config file")?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| anyhow::anyhow!("config file {} is not UTF-8", path.display()))?;
         Config::from_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     }
 
@@ -351,9 +382,20 @@ impl Config {
             hook.validate()
                 .map_err(|why| (format!("posthooks[{i}].options"), why))?;
         }
+        if self.workers > MAX_WORKERS {
+            return fail(
+                "workers",
+                format!("must be between 1 and {MAX_WORKERS}, or 0 for one per CPU"),
+            );
+        }
+        if let Err(why) = check_log_level(&self.log.level) {
+            return fail("log.level", why);
+        }
         let ring = &self.io_uring;
-        if !(8..=32768).contains(&ring.ring_entries) {
-            return fail("io_uring.ring_entries", "must be between 8 and 32768");
+        // The completion queue is four times the submission queue, and the kernel refuses one
+        // of more than 65536 entries: larger values would pass here and fail at start-up.
+        if !(8..=16384).contains(&ring.ring_entries) {
+            return fail("io_uring.ring_entries", "must be between 8 and 16384");
         }
         if !ring.udp_recv_buffers.is_power_of_two() {
             return fail(
@@ -367,13 +409,26 @@ impl Config {
                 "must be a power of two (at most 32768)",
             );
         }
-        if ring.udp_send_slots == 0 {
-            return fail("io_uring.udp_send_slots", "must be at least 1");
+        // Each slot holds a 1500-byte response buffer: 65536 of them are 94 MiB a worker.
+        if !(1..=65536).contains(&ring.udp_send_slots) {
+            return fail("io_uring.udp_send_slots", "must be between 1 and 65536");
         }
         if !(512..=65536).contains(&ring.http_recv_buffer_bytes) {
             return fail(
                 "io_uring.http_recv_buffer_bytes",
                 "must be between 512 and 65536",
+            );
+        }
+        let http_ring_bytes = usize::from(ring.http_recv_buffers) * ring.http_recv_buffer_bytes;
+        if http_ring_bytes > MAX_HTTP_RING_BYTES {
+            return fail(
+                "io_uring.http_recv_buffers",
+                format!(
+                    "io_uring.http_recv_buffers x io_uring.http_recv_buffer_bytes is {}, \
+                     more than the {} a worker may hold",
+                    describe_bytes(http_ring_bytes as u64),
+                    describe_bytes(MAX_HTTP_RING_BYTES as u64)
+                ),
             );
         }
         if !self.udp.enabled && !self.http.enabled {
@@ -401,11 +456,28 @@ impl Config {
                 "must be 32 hex characters (16 bytes), or empty for a random key",
             );
         }
-        if self.udp.connection_id_lifetime_secs < 60 {
-            return fail("udp.connection_id_lifetime_secs", "must be at least 60");
+        let lifetime_max = crate::protocol::udp::connection_id::MAX_LIFETIME_SECS;
+        if !(60..=lifetime_max).contains(&self.udp.connection_id_lifetime_secs) {
+            return fail(
+                "udp.connection_id_lifetime_secs",
+                format!(
+                    "must be between 60 and {lifetime_max} (a connection id holds 16 bits of \
+                     its issue time)"
+                ),
+            );
         }
         if !(1..=1024).contains(&self.udp.batch_size) {
             return fail("udp.batch_size", "must be between 1 and 1024");
+        }
+        // setsockopt takes a C int, and the kernel holds no more than INT_MAX / 2 anyway.
+        if self.udp.socket_recv_buffer_bytes > MAX_SOCKET_RECV_BUFFER_BYTES {
+            return fail(
+                "udp.socket_recv_buffer_bytes",
+                format!(
+                    "must be at most {}, or 0 for the system default",
+                    describe_bytes(MAX_SOCKET_RECV_BUFFER_BYTES as u64)
+                ),
+            );
         }
         if self.udp.max_scrape_hashes == 0 || self.http.max_scrape_hashes == 0 {
             let key = if self.udp.max_scrape_hashes == 0 {
@@ -421,14 +493,25 @@ impl Config {
                 "at most 74 info hashes fit in one UDP request",
             );
         }
-        if self.http.max_connections == 0 {
-            return fail("http.max_connections", "must be at least 1");
+        // A request of at most 1 MiB (max_request_bytes) holds no more than about 33,000
+        // `info_hash=` parameters of 31 bytes or more.
+        if self.http.max_scrape_hashes > 32768 {
+            return fail("http.max_scrape_hashes", "must be between 1 and 32768");
+        }
+        if !(1..=MAX_HTTP_CONNECTIONS).contains(&self.http.max_connections) {
+            return fail(
+                "http.max_connections",
+                format!("must be between 1 and {MAX_HTTP_CONNECTIONS}"),
+            );
         }
         if !(256..=1024 * 1024).contains(&self.http.max_request_bytes) {
             return fail("http.max_request_bytes", "must be between 256 and 1048576");
         }
-        if self.http.idle_timeout_secs == 0 {
-            return fail("http.idle_timeout_secs", "must be at least 1");
+        if !(1..=DAY_SECS).contains(&self.http.idle_timeout_secs) {
+            return fail(
+                "http.idle_timeout_secs",
+                format!("must be between 1 and {DAY_SECS} (a day)"),
+            );
         }
         if !(1..=3600).contains(&self.http.request_timeout_secs) {
             return fail("http.request_timeout_secs", "must be between 1 and 3600");
@@ -446,8 +529,13 @@ impl Config {
         {
             return fail("http.reverse_proxy.header", "not a valid HTTP header name");
         }
-        if self.announce.interval_secs == 0 {
-            return fail("announce.interval_secs", "must be at least 1");
+        // UDP replies carry the interval as a signed 32-bit number; a week is far above any
+        // tracker's interval and keeps the sum with interval_variation's delay in range.
+        if !(1..=WEEK_SECS).contains(&self.announce.interval_secs) {
+            return fail(
+                "announce.interval_secs",
+                format!("must be between 1 and {WEEK_SECS} (a week)"),
+            );
         }
         if self.announce.min_interval_secs > self.announce.interval_secs {
             return fail(
@@ -464,47 +552,166 @@ impl Config {
                 "must not exceed announce.max_numwant",
             );
         }
-        if self.swarm.shards != 0 && !self.swarm.shards.is_power_of_two() {
+        let shards = self.swarm.shards;
+        if shards != 0 && (shards > MAX_SHARDS || !shards.is_power_of_two()) {
             return fail(
                 "swarm.shards",
-                "must be a power of two (or 0 for automatic)",
+                format!("must be a power of two up to {MAX_SHARDS}, or 0 for 64 per worker"),
             );
         }
         if self.swarm.max_torrents == 0 {
             return fail("swarm.max_torrents", "must be at least 1");
         }
-        if self.swarm.max_peers_per_torrent == 0 {
-            return fail("swarm.max_peers_per_torrent", "must be at least 1");
-        }
-        if self.swarm.peer_lifetime_secs <= self.announce.interval_secs {
+        if !(1..=MAX_PEERS_PER_TORRENT).contains(&self.swarm.max_peers_per_torrent) {
             return fail(
-                "swarm.peer_lifetime_secs",
-                "must exceed announce.interval_secs, or peers expire between announces",
+                "swarm.max_peers_per_torrent",
+                format!(
+                    "must be between 1 and {MAX_PEERS_PER_TORRENT} (both families' counts \
+                     together must fit the 32-bit counts of a reply)"
+                ),
             );
         }
-        if self.swarm.cleaning_interval_secs == 0 {
-            return fail("swarm.cleaning_interval_secs", "must be at least 1");
+        let longest_interval = self
+            .announce
+            .interval_secs
+            .saturating_add(self.longest_interval_delay());
+        if self.swarm.peer_lifetime_secs <= longest_interval {
+            let what = if longest_interval == self.announce.interval_secs {
+                "announce.interval_secs".to_string()
+            } else {
+                format!(
+                    "announce.interval_secs plus interval_variation's max_increase_delta \
+                     ({longest_interval})"
+                )
+            };
+            return fail(
+                "swarm.peer_lifetime_secs",
+                format!("must exceed {what}, or peers expire between announces"),
+            );
+        }
+        if self.swarm.peer_lifetime_secs > MONTH_SECS {
+            return fail(
+                "swarm.peer_lifetime_secs",
+                format!("must be at most {MONTH_SECS} (30 days)"),
+            );
+        }
+        if !(1..=DAY_SECS).contains(&self.swarm.cleaning_interval_secs) {
+            return fail(
+                "swarm.cleaning_interval_secs",
+                format!("must be between 1 and {DAY_SECS} (a day)"),
+            );
         }
         Ok(())
     }
 
-    /// Worker threads: the configured number, or one per CPU this process may run on.
+    /// The most an interval_variation post-hook may add to `interval`.
+    fn longest_interval_delay(&self) -> u32 {
+        self.posthooks
+            .iter()
+            .map(|hook| match hook {
+                PostHookConfig::IntervalVariation(c) if c.modify_response_probability > 0.0 => {
+                    c.max_increase_delta
+                }
+                PostHookConfig::IntervalVariation(_) => 0,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Worker threads: the configured number, or one per CPU this process may run on (at
+    /// most [`MAX_WORKERS`], the bound a configured number has too).
     pub fn worker_count(&self) -> usize {
         if self.workers > 0 {
             self.workers
         } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS))
         }
     }
 
-    /// Store shards: the configured number, or 64 per worker rounded to a power of two.
+    /// Store shards: the configured number, or 64 per worker rounded to a power of two, at
+    /// most [`MAX_SHARDS`].
     pub fn shard_count(&self) -> usize {
         if self.swarm.shards > 0 {
             self.swarm.shards
         } else {
-            (self.worker_count() * 64).next_power_of_two()
+            self.worker_count()
+                .saturating_mul(64)
+                .min(MAX_SHARDS)
+                .next_power_of_two()
         }
     }
+}
+
+/// The contents of `path`, refused if longer than `cap` bytes. Reads at most one byte past the
+/// cap, so a FIFO or a device such as /dev/zero ends the read too. `what` names the file in
+/// errors ("config file").
+pub(crate) fn read_capped(path: &Path, cap: u64, what: &str) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| anyhow::anyhow!("cannot read {what} {}: {e}", path.display());
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let mut bytes = Vec::new();
+    file.take(cap + 1).read_to_end(&mut bytes).map_err(cannot)?;
+    if bytes.len() as u64 > cap {
+        anyhow::bail!(
+            "{what} {} is larger than {}, the most hayate reads",
+            path.display(),
+            describe_bytes(cap)
+        );
+    }
+    Ok(bytes)
+}
+
+/// `16 MiB (16777216 bytes)`: the unit an operator reads, and the exact number.
+pub(crate) fn describe_bytes(n: u64) -> String {
+    let unit = [(30, "GiB"), (20, "MiB"), (10, "KiB")]
+        .into_iter()
+        .find(|&(shift, _)| n >= 1 << shift && n.is_multiple_of(1 << shift));
+    match unit {
+        Some((shift, name)) => format!("{} {name} ({n} bytes)", n >> shift),
+        None => format!("{n} bytes"),
+    }
+}
+
+const LOG_LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+
+/// `log.level`: a level, or a list of tracing directives (`info,hayate::swarm=debug`) each
+/// ending in a level. tracing-subscriber reads a bare word that is not a level as a target to
+/// log at every level, so `warning` alone would log nothing at all: every directive must name
+/// its level here.
+fn check_log_level(level: &str) -> Result<(), String> {
+    let refuse = |what: String| {
+        Err(format!(
+            "{what}: give a level ({}) or directives such as `info,hayate=debug`",
+            LOG_LEVELS.join(", ")
+        ))
+    };
+    // tracing-subscriber splits directives on commas, and so do we.
+    let directives = level.split(',').map(str::trim).filter(|d| !d.is_empty());
+    if directives.clone().next().is_none() {
+        return refuse("no level".into());
+    }
+    for directive in directives {
+        // The level follows the last `=`; a bare word must be a level itself.
+        let (named, bare) = match directive.rsplit_once('=') {
+            Some((_, level)) => (level, false),
+            None => (directive, true),
+        };
+        if !LOG_LEVELS.iter().any(|l| l.eq_ignore_ascii_case(named)) {
+            let why = if bare {
+                "is not a level"
+            } else {
+                "does not end in a level"
+            };
+            return refuse(format!("`{directive}` {why}"));
+        }
+        if tracing_subscriber::EnvFilter::builder()
+            .parse(directive)
+            .is_err()
+        {
+            return refuse(format!("`{directive}` is not a valid directive"));
+        }
+    }
+    Ok(())
 }
 
 /// The connection-id key from its 32 hex characters.
@@ -589,6 +796,296 @@ mod tests {
         let err = Config::from_yaml("announce:\n  interval_secs: 9000\n").unwrap_err();
         assert_eq!(err.key.as_deref(), Some("swarm.peer_lifetime_secs"));
         assert_eq!(err.line, None);
+    }
+
+    /// Key, line and message of the error `yaml` gives; panics if it is valid.
+    fn refused(yaml: &str) -> (Option<String>, Option<usize>, String) {
+        let err = Config::from_yaml(yaml).expect_err(yaml);
+        (err.key, err.line, err.message)
+    }
+
+    #[test]
+    fn values_that_crashed_the_process_are_refused_with_key_and_line() {
+        let cases = [
+            (
+                "log:\n  level: info\nworkers: 18446744073709551615\n",
+                "workers",
+                3,
+            ),
+            ("workers: 1000000000000\n", "workers", 1),
+            ("swarm:\n  shards: 4611686018427387904\n", "swarm.shards", 2),
+            ("swarm:\n  shards: 1099511627776\n", "swarm.shards", 2),
+            (
+                "io_uring:\n  ring_entries: 64\n  udp_send_slots: 1000000000000\n",
+                "io_uring.udp_send_slots",
+                3,
+            ),
+        ];
+        for (yaml, key, line) in cases {
+            let (k, l, message) = refused(yaml);
+            assert_eq!(
+                (k.as_deref(), l),
+                (Some(key), Some(line)),
+                "{yaml}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_largest_values_allowed_are_accepted() {
+        let yaml = concat!(
+            "workers: 1024\n",
+            "io_uring:\n",
+            "  ring_entries: 16384\n",
+            "  udp_send_slots: 65536\n",
+            "  http_recv_buffers: 4096\n",
+            "  http_recv_buffer_bytes: 65536\n",
+            "udp:\n",
+            "  connection_id_lifetime_secs: 65533\n",
+            "  socket_recv_buffer_bytes: 1073741824\n",
+            "http:\n",
+            "  max_connections: 16777216\n",
+            "  idle_timeout_secs: 86400\n",
+            "  max_scrape_hashes: 32768\n",
+            "announce:\n",
+            "  interval_secs: 604800\n",
+            "  min_interval_secs: 604800\n",
+            "swarm:\n",
+            "  shards: 65536\n",
+            "  max_peers_per_torrent: 1000000000\n",
+            "  peer_lifetime_secs: 2592000\n",
+            "  cleaning_interval_secs: 86400\n",
+        );
+        let config = Config::from_yaml(yaml).unwrap();
+        assert_eq!(config.shard_count(), 65536);
+    }
+
+    #[test]
+    fn every_bounded_key_refuses_one_past_its_bound() {
+        let cases = [
+            ("workers: 1025\n", "workers"),
+            (
+                "io_uring:\n  ring_entries: 16385\n",
+                "io_uring.ring_entries",
+            ),
+            (
+                "io_uring:\n  udp_send_slots: 65537\n",
+                "io_uring.udp_send_slots",
+            ),
+            (
+                "io_uring:\n  udp_send_slots: 0\n",
+                "io_uring.udp_send_slots",
+            ),
+            (
+                "io_uring:\n  http_recv_buffers: 8192\n  http_recv_buffer_bytes: 65536\n",
+                "io_uring.http_recv_buffers",
+            ),
+            (
+                "udp:\n  connection_id_lifetime_secs: 65534\n",
+                "udp.connection_id_lifetime_secs",
+            ),
+            (
+                "udp:\n  socket_recv_buffer_bytes: 4294967396\n",
+                "udp.socket_recv_buffer_bytes",
+            ),
+            ("udp:\n  batch_size: 1025\n", "udp.batch_size"),
+            (
+                "http:\n  max_connections: 16777217\n",
+                "http.max_connections",
+            ),
+            (
+                "http:\n  idle_timeout_secs: 86401\n",
+                "http.idle_timeout_secs",
+            ),
+            (
+                "http:\n  max_scrape_hashes: 32769\n",
+                "http.max_scrape_hashes",
+            ),
+            (
+                "announce:\n  interval_secs: 604801\nswarm:\n  peer_lifetime_secs: 2592000\n",
+                "announce.interval_secs",
+            ),
+            ("swarm:\n  shards: 131072\n", "swarm.shards"),
+            (
+                "swarm:\n  max_peers_per_torrent: 1000000001\n",
+                "swarm.max_peers_per_torrent",
+            ),
+            (
+                "swarm:\n  peer_lifetime_secs: 2592001\n",
+                "swarm.peer_lifetime_secs",
+            ),
+            (
+                "swarm:\n  cleaning_interval_secs: 86401\n",
+                "swarm.cleaning_interval_secs",
+            ),
+        ];
+        for (yaml, key) in cases {
+            let (k, l, message) = refused(yaml);
+            assert_eq!(k.as_deref(), Some(key), "{yaml}: {message}");
+            assert_eq!(l, locate::line_of_key(yaml, key), "{yaml}");
+            assert!(l.is_some(), "{yaml}: no line");
+        }
+    }
+
+    #[test]
+    fn the_automatic_shard_count_stays_within_its_bound() {
+        let config = |workers| Config {
+            workers,
+            ..Config::default()
+        };
+        assert_eq!(config(1).shard_count(), 64);
+        assert_eq!(config(MAX_WORKERS).shard_count(), MAX_SHARDS);
+        // Built in code, unvalidated: still no overflow.
+        assert_eq!(config(usize::MAX).shard_count(), MAX_SHARDS);
+        assert!(config(0).shard_count() <= MAX_SHARDS);
+        assert!((1..=MAX_WORKERS).contains(&config(0).worker_count()));
+    }
+
+    #[test]
+    fn hook_options_are_bounded_and_named() {
+        let jwt = |option: &str| {
+            format!(
+                "prehooks:\n  - name: jwt\n    options:\n      issuer: i\n      audience: a\n      \
+                 jwks_url: https://keys.example/k\n      {option}\n"
+            )
+        };
+        let cases = [
+            (jwt("fetch_timeout_secs: 18446744073709551615"), "fetch_timeout_secs"),
+            (jwt("refresh_interval_secs: 86401"), "refresh_interval_secs"),
+            (jwt("leeway_secs: 3601"), "leeway_secs"),
+            (
+                "prehooks:\n  - name: torrent_approval\n    options:\n      hashes: [\"{}\"]\n      \
+                 check_interval_secs: 18446744073709551615\n"
+                    .replace("{}", &"ab".repeat(20)),
+                "check_interval_secs",
+            ),
+            (
+                "posthooks:\n  - name: interval_variation\n    options: {max_increase_delta: 86401}\n"
+                    .into(),
+                "max_increase_delta",
+            ),
+        ];
+        for (yaml, option) in cases {
+            let (key, _, message) = refused(&yaml);
+            assert!(
+                key.is_some_and(|k| k.ends_with("hooks[0].options")),
+                "{yaml}"
+            );
+            assert!(message.contains(option), "{yaml}: {message}");
+        }
+    }
+
+    #[test]
+    fn peers_must_outlive_the_longest_interval_a_hook_can_give() {
+        let yaml = |probability| {
+            format!(
+                "swarm:\n  peer_lifetime_secs: 2700\nposthooks:\n  - name: interval_variation\n    \
+                 options: {{modify_response_probability: {probability}, max_increase_delta: 900}}\n"
+            )
+        };
+        let (key, line, message) = refused(&yaml("0.2"));
+        assert_eq!(
+            (key.as_deref(), line),
+            (Some("swarm.peer_lifetime_secs"), Some(2))
+        );
+        assert!(message.contains("2700") && message.contains("max_increase_delta"));
+        // Never applied: the interval alone counts.
+        Config::from_yaml(&yaml("0")).unwrap();
+    }
+
+    #[test]
+    fn log_levels_and_directive_lists_with_levels_are_accepted() {
+        for level in [
+            "error",
+            "warn",
+            "info",
+            "debug",
+            "trace",
+            "off",
+            "INFO",
+            "info,hayate=debug",
+            "warn, hayate::swarm=trace",
+            "hayate[worker]=debug",
+            "hayate=off,info",
+        ] {
+            let yaml = format!("log:\n  level: \"{level}\"\n");
+            assert_eq!(
+                Config::from_yaml(&yaml).map(|c| c.log.level),
+                Ok(level.into())
+            );
+        }
+    }
+
+    #[test]
+    fn a_log_level_that_is_not_a_level_is_refused() {
+        let not_levels = [
+            "warning",
+            "info,hayate",
+            "hayate=loud",
+            "",
+            " , ",
+            "hayate=3",
+            "[x=1",
+            "hayate[{}]=info",
+        ];
+        for level in not_levels {
+            let yaml = format!("log:\n  level: \"{level}\"\n");
+            let (key, line, message) = refused(&yaml);
+            assert_eq!(
+                (key.as_deref(), line),
+                (Some("log.level"), Some(2)),
+                "{level}: {message}"
+            );
+            assert!(
+                message.contains("error, warn, info, debug, trace, off"),
+                "{message}"
+            );
+        }
+        let (_, _, message) = refused("log:\n  level: warning\n");
+        assert!(message.starts_with("`warning` is not a level"), "{message}");
+        // Its level is fine; tracing-subscriber's parser refuses the rest.
+        let (_, _, message) = refused("log:\n  level: \"hayate[{}]=info\"\n");
+        assert!(message.contains("not a valid directive"), "{message}");
+    }
+
+    #[test]
+    fn a_megabyte_config_names_the_key_and_line_of_its_last_value() {
+        // Some 75,000 short lines, then a bad value on the last line: finding that line once
+        // took time quadratic in the lines (minutes here; a file of shorter lines, hours).
+        let mut yaml =
+            String::from("prehooks:\n  - name: client_approval\n    options:\n      deny:\n");
+        let mut prefixes = 0;
+        while yaml.len() < 1 << 20 {
+            yaml.push_str(&format!("        - \"{prefixes:x}\"\n"));
+            prefixes += 1;
+        }
+        yaml.push_str("swarm:\n  shards: 3\n");
+        let lines = yaml.lines().count();
+        let (key, line, _) = refused(&yaml);
+        assert_eq!((key.as_deref(), line), (Some("swarm.shards"), Some(lines)));
+    }
+
+    #[test]
+    fn config_files_past_the_cap_are_refused_naming_file_and_cap() {
+        let err = Config::load(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/dev/zero") && err.contains("16 MiB"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.yaml");
+        let at_cap = "#".repeat(MAX_CONFIG_BYTES as usize);
+        std::fs::write(&path, &at_cap).unwrap();
+        assert_eq!(Config::load(&path).unwrap(), Config::default());
+        std::fs::write(&path, at_cap + "\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("larger than 16 MiB"), "{err}");
+    }
+
+    #[test]
+    fn byte_counts_read_in_their_unit() {
+        assert_eq!(describe_bytes(16 << 20), "16 MiB (16777216 bytes)");
+        assert_eq!(describe_bytes(1 << 30), "1 GiB (1073741824 bytes)");
+        assert_eq!(describe_bytes(1000), "1000 bytes");
     }
 
     #[test]

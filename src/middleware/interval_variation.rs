@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use super::{PostHook, RequestContext};
 use crate::bittorrent::{AnnounceRequest, AnnounceResponse};
+use crate::config::DAY_SECS;
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -33,8 +34,12 @@ impl IntervalVariationConfig {
         if !(0.0..=1.0).contains(&self.modify_response_probability) {
             return Err("`modify_response_probability` must be between 0 and 1".into());
         }
-        if self.max_increase_delta == 0 {
-            return Err("`max_increase_delta` must be at least 1".into());
+        // A delay of more than a day is no longer spreading re-announces out; the bound also
+        // keeps interval plus delay far from overflowing the 32-bit interval of a UDP reply.
+        if !(1..=DAY_SECS).contains(&self.max_increase_delta) {
+            return Err(format!(
+                "`max_increase_delta` must be between 1 and {DAY_SECS} (a day)"
+            ));
         }
         Ok(())
     }

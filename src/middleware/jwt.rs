@@ -33,6 +33,7 @@ use siphasher::sip128::{Hasher128, SipHasher13};
 use super::{PreHook, RequestContext};
 use crate::bittorrent::{AnnounceRequest, ClientError, InfoHash};
 use crate::clock::Clock;
+use crate::config::{DAY_SECS, read_capped};
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -81,11 +82,25 @@ impl JwtConfig {
             (None, Some(url)) => check_url(url)?,
             (Some(_), None) => {}
         }
-        if self.refresh_interval_secs == 0 {
-            return Err("`refresh_interval_secs` must be at least 1".into());
+        // Keys rotated at the issuer reach the tracker within this (SIGHUP: at once).
+        if !(1..=u64::from(DAY_SECS)).contains(&self.refresh_interval_secs) {
+            return Err(format!(
+                "`refresh_interval_secs` must be between 1 and {DAY_SECS} (a day)"
+            ));
         }
-        if self.fetch_timeout_secs == 0 {
-            return Err("`fetch_timeout_secs` must be at least 1".into());
+        // A SIGHUP reload waits for the fetch on the thread that also handles SIGTERM, so a
+        // stop can wait this long; and the HTTP client adds it to an Instant, which panics
+        // past the clock's range.
+        if !(1..=MAX_FETCH_TIMEOUT_SECS).contains(&self.fetch_timeout_secs) {
+            return Err(format!(
+                "`fetch_timeout_secs` must be between 1 and {MAX_FETCH_TIMEOUT_SECS}"
+            ));
+        }
+        // Skew between clocks is seconds; past an hour, expired tokens would simply be taken.
+        if self.leeway_secs > MAX_LEEWAY_SECS {
+            return Err(format!(
+                "`leeway_secs` must be between 0 and {MAX_LEEWAY_SECS} (an hour)"
+            ));
         }
         Ok(())
     }
@@ -115,8 +130,11 @@ fn is_plain_http_off_host(url: &str) -> bool {
     uri.scheme_str() == Some("http") && !loopback
 }
 
-/// Largest JWK set accepted: a set of a few keys is a few KiB.
+/// Largest JWK set accepted, from a file or over the network: a set of a few keys is a few
+/// KiB.
 const MAX_JWKS_BYTES: u64 = 1 << 20;
+const MAX_FETCH_TIMEOUT_SECS: u64 = 60;
+const MAX_LEEWAY_SECS: u64 = 3600;
 
 enum KeySource {
     File(PathBuf),
@@ -126,9 +144,7 @@ enum KeySource {
 impl KeySource {
     fn fetch(&self) -> anyhow::Result<Vec<u8>> {
         match self {
-            KeySource::File(path) => {
-                std::fs::read(path).with_context(|| format!("read {}", path.display()))
-            }
+            KeySource::File(path) => read_capped(path, MAX_JWKS_BYTES, "JWK set file"),
             KeySource::Url { url, agent } => {
                 let mut response = agent
                     .get(url.as_str())
@@ -600,6 +616,18 @@ mod tests {
             "{err}"
         );
         assert!(parse_jwks(b"<html>").is_err());
+    }
+
+    #[test]
+    fn a_key_file_past_the_cap_is_refused() {
+        let err = KeySource::File("/dev/zero".into())
+            .fetch()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/dev/zero") && err.contains("larger than 1 MiB"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use super::{PreHook, RequestContext};
 use crate::bittorrent::{AnnounceRequest, ClientError, InfoHash};
+use crate::config::{DAY_SECS, describe_bytes};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -57,8 +58,11 @@ impl TorrentApprovalConfig {
             parse_hex_hash(hash)
                 .ok_or_else(|| format!("`{hash}` is not an info hash (40 hex characters)"))?;
         }
-        if self.check_interval_secs == 0 {
-            return Err("`check_interval_secs` must be at least 1".into());
+        // Past a day the file is as good as never checked (SIGHUP still reloads it).
+        if !(1..=u64::from(DAY_SECS)).contains(&self.check_interval_secs) {
+            return Err(format!(
+                "`check_interval_secs` must be between 1 and {DAY_SECS} (a day)"
+            ));
         }
         Ok(())
     }
@@ -76,22 +80,59 @@ fn parse_hex_hash(text: &str) -> Option<InfoHash> {
     Some(InfoHash(hash))
 }
 
+/// Largest hash file read: at 41 bytes a line, 26 million hashes, several times the torrents
+/// of the largest public trackers. The file is read a line at a time, so this bounds the time
+/// a (re)load takes, and the set's memory (about 30 bytes a hash), not a copy of the text.
+const MAX_HASH_FILE_BYTES: u64 = 1 << 30;
+/// Longest line: a hash and a comment. Bounds the line buffer, so that a file without line
+/// breaks (/dev/zero) is refused at once rather than read whole into one line.
+const MAX_HASH_LINE_BYTES: u64 = 4096;
+
 /// Reads a file of hex info hashes; the error names the file and line.
 fn read_hash_file(path: &Path) -> anyhow::Result<HashSet<InfoHash>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("read {}: {e}", path.display()))?;
+    read_hashes(path, MAX_HASH_FILE_BYTES)
+}
+
+/// [`read_hash_file`] with the size cap given.
+fn read_hashes(path: &Path, cap: u64) -> anyhow::Result<HashSet<InfoHash>> {
+    use std::io::{BufRead, BufReader, Read};
+    let cannot = |e: std::io::Error| anyhow::anyhow!("read {}: {e}", path.display());
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let mut reader = BufReader::new(file.take(cap + 1));
     let mut set = HashSet::new();
-    for (n, line) in text.lines().enumerate() {
+    let mut line = Vec::new();
+    let mut total = 0u64;
+    for n in 1.. {
+        line.clear();
+        let read = (&mut reader)
+            .take(MAX_HASH_LINE_BYTES + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(cannot)?;
+        if read == 0 {
+            break;
+        }
+        total += read as u64;
+        if total > cap {
+            anyhow::bail!(
+                "{} is larger than {}, the most hayate reads",
+                path.display(),
+                describe_bytes(cap)
+            );
+        }
+        if line.len() as u64 > MAX_HASH_LINE_BYTES {
+            anyhow::bail!(
+                "{} line {n}: longer than {MAX_HASH_LINE_BYTES} bytes",
+                path.display()
+            );
+        }
+        let line = std::str::from_utf8(&line)
+            .map_err(|_| anyhow::anyhow!("{} line {n}: not UTF-8", path.display()))?;
         let line = line.split('#').next().unwrap_or("").trim();
         if line.is_empty() {
             continue;
         }
         let hash = parse_hex_hash(line).ok_or_else(|| {
-            anyhow::anyhow!(
-                "{} line {}: `{line}` is not an info hash",
-                path.display(),
-                n + 1
-            )
+            anyhow::anyhow!("{} line {n}: `{line}` is not an info hash", path.display())
         })?;
         set.insert(hash);
     }
@@ -249,5 +290,29 @@ mod tests {
         std::fs::write(&path, "ab\n").unwrap();
         let err = read_hash_file(&path).unwrap_err().to_string();
         assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn hash_files_past_the_caps_are_refused() {
+        // No line breaks: refused at the first line's cap, not read whole.
+        let err = read_hash_file(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/dev/zero line 1: longer than 4096 bytes"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("list.txt");
+        let line = format!("{}\n", "ab".repeat(20));
+        std::fs::write(&path, line.repeat(3)).unwrap();
+        let cap = 3 * line.len() as u64;
+        assert_eq!(read_hashes(&path, cap).unwrap().len(), 1);
+        let err = read_hashes(&path, cap - 1).unwrap_err().to_string();
+        assert!(err.contains("larger than 122 bytes"), "{err}");
+        let long = format!("{} # {}\n", "ab".repeat(20), "x".repeat(5000));
+        std::fs::write(&path, long).unwrap();
+        let err = read_hash_file(&path).unwrap_err().to_string();
+        assert!(err.contains("line 1: longer than"), "{err}");
     }
 }

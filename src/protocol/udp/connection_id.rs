@@ -15,6 +15,10 @@ use subtle::ConstantTimeEq;
 /// Seconds a node's clock may run behind the node that issued an id (NTP-synced nodes).
 const MAX_CLOCK_SKEW_SECS: u16 = 2;
 
+/// The longest lifetime an id can have: its 16-bit time field wraps after 65535 seconds, less
+/// the skew allowed.
+pub const MAX_LIFETIME_SECS: u32 = (u16::MAX - MAX_CLOCK_SKEW_SECS) as u32;
+
 #[derive(Clone)]
 pub struct ConnectionIdKey {
     key: [u8; 16],
@@ -22,12 +26,11 @@ pub struct ConnectionIdKey {
 }
 
 impl ConnectionIdKey {
-    /// `lifetime_secs` is clamped to 65535 - skew (the 16-bit time field wraps after that).
+    /// `lifetime_secs` is clamped to [`MAX_LIFETIME_SECS`] (config validation refuses more).
     pub fn new(key: [u8; 16], lifetime_secs: u32) -> Self {
-        let max = u32::from(u16::MAX - MAX_CLOCK_SKEW_SECS);
         ConnectionIdKey {
             key,
-            lifetime_secs: lifetime_secs.min(max) as u16,
+            lifetime_secs: lifetime_secs.min(MAX_LIFETIME_SECS) as u16,
         }
     }
 
