@@ -96,7 +96,7 @@ pub fn start(
     let metrics = Arc::new(Metrics::default());
     let (events_tx, events) = channel();
     let http_limits = HttpLimits::new(config, workers);
-    let ring = ring_settings(config, http_limits);
+    let ring = ring_settings(config, http_limits.clone());
     let engine = choose_engine(config, &ring)?;
     let (ready_tx, ready_rx) = channel::<anyhow::Result<()>>();
     for (i, worker_sockets) in sockets.workers.into_iter().enumerate() {
@@ -116,7 +116,7 @@ pub fn start(
             EngineKind::Epoll => {
                 let settings = EpollSettings {
                     udp_batch_size: config.udp.batch_size,
-                    http: http_limits,
+                    http: http_limits.clone(),
                 };
                 let worker =
                     EpollWorker::new(worker_sockets, handlers(), settings, shutdown.clone())?;

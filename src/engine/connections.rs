@@ -96,6 +96,7 @@ impl<C> ConnectionTable<C> {
         let max_per_source = self.limits.max_per_source;
         if max_per_source > 0
             && self.per_source.get(&source).copied().unwrap_or(0) as usize >= max_per_source
+            && !self.is_exempt(peer)
         {
             self.metrics.http_connections.refused_per_source.inc();
             self.warn(
@@ -118,6 +119,14 @@ impl<C> ConnectionTable<C> {
     /// first).
     pub fn next_key(&self) -> usize {
         self.slots.vacant_key()
+    }
+
+    fn is_exempt(&self, peer: SocketAddr) -> bool {
+        let ip = peer.ip().to_canonical();
+        self.limits
+            .per_source_exempt
+            .iter()
+            .any(|net| net.contains(&ip))
     }
 
     /// Adds an admitted connection; returns its key.
@@ -313,6 +322,7 @@ mod tests {
             max_connections_per_worker: max,
             max_per_source: per_source,
             ipv6_prefix_len: 64,
+            per_source_exempt: Arc::from(["10.9.0.0/16".parse::<ipnet::IpNet>().unwrap()]),
             idle_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
             connection: ConnectionRules {
@@ -379,6 +389,11 @@ mod tests {
         t.remove(second);
         assert_eq!(t.admit(v6("2001:db8::3"), now), Ok(None));
         assert_eq!(t.metrics.http_connections.refused_per_source.get(), 1);
+        // A trusted proxy carries every client: no per-source limit for it.
+        let proxy = SocketAddr::from(([10, 9, 1, 1], 80));
+        for _ in 0..5 {
+            admit_and_insert(&mut t, proxy, now);
+        }
     }
 
     #[test]

@@ -15,6 +15,8 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
+
 use crate::config::Config;
 use crate::handler::ConnectionRules;
 use crate::metrics::WorkerMetrics;
@@ -49,12 +51,15 @@ pub fn prefetch_schedule(i: usize, n: usize) -> impl Iterator<Item = (usize, Pre
 }
 
 /// The HTTP connection limits every engine enforces, derived once from config.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct HttpLimits {
     pub max_connections_per_worker: usize,
     /// Open connections one source may hold on one worker; 0 = no limit.
     pub max_per_source: usize,
     pub ipv6_prefix_len: u8,
+    /// Sources the per-source limit does not apply to: the trusted reverse proxies, when the
+    /// reverse-proxy rule is on (every client comes through them).
+    pub per_source_exempt: Arc<[IpNet]>,
     pub idle_timeout: Duration,
     pub request_timeout: Duration,
     pub connection: ConnectionRules,
@@ -69,6 +74,10 @@ impl HttpLimits {
             max_connections_per_worker: http.max_connections.div_ceil(workers),
             max_per_source: config.per_source.max_http_connections.div_ceil(workers),
             ipv6_prefix_len: config.per_source.ipv6_prefix_len,
+            per_source_exempt: match &http.reverse_proxy {
+                proxy if proxy.enabled => proxy.trusted_proxies.iter().copied().collect(),
+                _ => Arc::from([]),
+            },
             idle_timeout: Duration::from_secs(u64::from(http.idle_timeout_secs)),
             request_timeout: Duration::from_secs(u64::from(http.request_timeout_secs)),
             connection: ConnectionRules {

@@ -35,7 +35,7 @@ pub struct HttpConnections {
 impl HttpConnections {
     pub fn new(settings: &EpollSettings, metrics: Arc<WorkerMetrics>) -> Self {
         HttpConnections {
-            table: ConnectionTable::new(settings.http, metrics.clone()),
+            table: ConnectionTable::new(settings.http.clone(), metrics.clone()),
             connection_rules: settings.http.connection,
             read_buffer: vec![0; 16 * 1024].into_boxed_slice(),
             backoff: AcceptBackoff::new(metrics),

@@ -70,7 +70,7 @@ impl HttpConnections {
         let http = HttpConnections {
             bufs,
             first_listener: first_listener as u32,
-            table: ConnectionTable::new(settings.http, metrics.clone()),
+            table: ConnectionTable::new(settings.http.clone(), metrics.clone()),
             connection_rules: settings.http.connection,
             backoff: AcceptBackoff::new(metrics),
             accept_unarmed: Vec::new(),
