@@ -14,7 +14,9 @@ use parking_lot::Mutex;
 use prometheus::core::Collector;
 use prometheus::proto::{self, MetricFamily, MetricType};
 
-pub use listener::serve;
+pub use listener::{
+    Limits, MAX_CONNECTIONS, REQUEST_DEADLINE, RESPONSE_DEADLINE, serve, serve_with,
+};
 use worker::{ACTIONS, CONNECTION_CLOSES, ERROR_KINDS, LATENCY_BUCKETS, PROTOCOLS, protocol_label};
 pub use worker::{Action, ConnectionClose, ErrorKind, WorkerMetrics};
 
