@@ -13,6 +13,7 @@
 //! - [`middleware`]: the pre/post hook chain.
 //! - [`swarm`]: the lock-striped in-memory store of torrents and peers.
 //! - [`metrics`]: Prometheus metrics and health probes, beside the hot path.
+//! - [`replication`]: several nodes sharing their swarms through Redis, beside the hot path.
 //! - [`bittorrent`]: domain types shared by all of the above.
 //! - [`source`]: clients counted by source address, for the per-source limits.
 
@@ -25,6 +26,7 @@ pub mod logging;
 pub mod metrics;
 pub mod middleware;
 pub mod protocol;
+pub mod replication;
 pub mod server;
 pub mod source;
 pub mod swarm;

@@ -18,6 +18,7 @@ use crate::engine::{HttpLimits, Shutdown};
 use crate::handler::{Handlers, HttpHandler, Tracker, UdpHandler};
 use crate::metrics::Metrics;
 use crate::middleware::Middleware;
+use crate::replication;
 use crate::swarm::{SwarmLimits, SwarmStore};
 
 /// What the supervisor hears about.
@@ -76,7 +77,24 @@ pub fn start(
         max_peers_per_torrent: config.swarm.max_peers_per_torrent,
         peer_lifetime_secs: config.swarm.peer_lifetime_secs,
     };
-    let store = Arc::new(SwarmStore::new(config.shard_count(), limits, clock.clone()));
+    let metrics = Arc::new(Metrics::default());
+    let hook_names: Vec<&'static str> = middleware.pre_hook_names().collect();
+    let worker_metrics: Vec<_> = (0..workers)
+        .map(|_| metrics.add_worker(hook_names.clone()))
+        .collect();
+    let replication = match config.replication.enabled {
+        true => Some(replication::prepare(&config.replication, &worker_metrics)?),
+        false => None,
+    };
+    let mut store = SwarmStore::new(config.shard_count(), limits, clock.clone());
+    let mut outboxes = Vec::new();
+    let mut replication = replication;
+    if let Some(replication) = replication.as_mut() {
+        store = store.with_observer(replication.observer.clone());
+        outboxes = std::mem::take(&mut replication.outboxes);
+    }
+    let mut outboxes = outboxes.into_iter();
+    let store = Arc::new(store);
     let tracker = Arc::new(Tracker::new(config, store.clone(), middleware)?);
     let sockets = bind_all(&SocketOptions {
         workers,
@@ -93,7 +111,6 @@ pub fn start(
         udp_recv_buffer_bytes: config.udp.socket_recv_buffer_bytes,
     })?;
     let shutdown = Arc::new(Shutdown::default());
-    let metrics = Arc::new(Metrics::default());
     let (events_tx, events) = channel();
     let http_limits = HttpLimits::new(config, workers);
     let ring = ring_settings(config, http_limits.clone());
@@ -106,7 +123,8 @@ pub fn start(
             events: events_tx.clone(),
         };
         let ready = ready_tx.clone();
-        let worker_metrics = metrics.add_worker(tracker.middleware.pre_hook_names().collect());
+        let worker_metrics = worker_metrics[i].clone();
+        let outbox = outboxes.next();
         let handlers = || Handlers {
             udp: UdpHandler::new(tracker.clone(), worker_metrics.clone()),
             http: HttpHandler::new(tracker.clone(), worker_metrics.clone()),
@@ -135,6 +153,9 @@ pub fn start(
             .name(name.clone())
             .spawn(move || {
                 let _notice = notice;
+                if let Some(outbox) = outbox {
+                    outbox.install();
+                }
                 if let Err(e) = body() {
                     tracing::error!(worker = %name, error = format!("{e:#}"), "worker failed");
                 }
@@ -151,6 +172,10 @@ pub fn start(
             }
             Err(_) => anyhow::bail!("a worker exited during start-up"),
         }
+    }
+    if let Some(replication) = replication {
+        let status = replication.start(store.clone(), shutdown.clone())?;
+        metrics.set_replication(status);
     }
     let maintenance = spawn_maintenance(
         store,

@@ -2,6 +2,7 @@
 //! the validation. Errors name the key and the line.
 
 mod locate;
+mod replication;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -11,6 +12,9 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::middleware::{PostHookConfig, PreHookConfig};
+pub use replication::{
+    ClusterConfig, RedisConfig, RedisMode, ReplicationConfig, SentinelConfig, redact_url,
+};
 
 /// The embedded default configuration, with its comments.
 pub const DEFAULT_YAML: &str = include_str!("../../config.yaml");
@@ -58,6 +62,7 @@ pub struct Config {
     pub swarm: SwarmConfig,
     pub per_source: PerSourceConfig,
     pub metrics: MetricsConfig,
+    pub replication: ReplicationConfig,
     /// Hooks run before the store, in order.
     pub prehooks: Vec<PreHookConfig>,
     /// Hooks run after the store, in order.
@@ -211,6 +216,7 @@ impl Default for Config {
             swarm: SwarmConfig::default(),
             per_source: PerSourceConfig::default(),
             metrics: MetricsConfig::default(),
+            replication: ReplicationConfig::default(),
             prehooks: Vec::new(),
             posthooks: Vec::new(),
         }
@@ -371,6 +377,9 @@ impl Config {
 
     /// Checks what types alone cannot; returns the dotted key and why.
     fn validate(&self) -> Result<(), (String, String)> {
+        if self.replication.enabled {
+            self.replication.validate()?;
+        }
         fn fail<T>(key: &str, why: impl Into<String>) -> Result<T, (String, String)> {
             Err((key.to_string(), why.into()))
         }

@@ -21,6 +21,7 @@ use worker::{ACTIONS, CONNECTION_CLOSES, ERROR_KINDS, LATENCY_BUCKETS, PROTOCOLS
 pub use worker::{Action, ConnectionClose, ErrorKind, WorkerMetrics};
 
 use crate::handler::Tracker;
+use crate::replication::{LAG_BUCKETS as REPLICATION_LAG_BUCKETS, ReplicationStatus};
 use crate::swarm::CleanReport;
 
 /// Shared by the supervisor, the maintenance thread and the metrics listener (never by the
@@ -30,6 +31,7 @@ pub struct Metrics {
     workers: Mutex<Vec<Arc<WorkerMetrics>>>,
     engine: OnceLock<&'static str>,
     tracker: OnceLock<Arc<Tracker>>,
+    replication: OnceLock<Arc<ReplicationStatus>>,
     ready: AtomicBool,
     cleaning_runs: AtomicU64,
     cleaning_last_nanos: AtomicU64,
@@ -51,12 +53,21 @@ impl Metrics {
         self.ready.store(true, Ordering::Release);
     }
 
+    /// Replication is on: ready once it has loaded the swarms; its figures in the metrics.
+    pub fn set_replication(&self, status: Arc<ReplicationStatus>) {
+        let _ = self.replication.set(status);
+    }
+
     pub fn set_not_ready(&self) {
         self.ready.store(false, Ordering::Release);
     }
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+            && self
+                .replication
+                .get()
+                .is_none_or(|r| r.ready.load(Ordering::Acquire))
     }
 
     pub fn record_cleaning(&self, report: &CleanReport) {
@@ -312,6 +323,13 @@ impl Metrics {
         ));
         out.push(f);
 
+        if let Some(r) = self.replication.get() {
+            out.extend(replication_families(
+                r,
+                sum(&|w| w.replication_dropped.get()),
+            ));
+        }
+
         let mut f = family(
             "hayate_engine_info",
             "The I/O engine in use.",
@@ -324,6 +342,109 @@ impl Metrics {
         out.push(f);
         out
     }
+}
+
+/// Replication's figures; `queue_drops` are the workers' (their queues were full).
+fn replication_families(r: &ReplicationStatus, queue_drops: u64) -> Vec<MetricFamily> {
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+    let mut out = Vec::new();
+    for (name, help, value) in [
+        (
+            "hayate_replication_changes_published_total",
+            "Swarm changes this node sent to Redis.",
+            load(&r.published),
+        ),
+        (
+            "hayate_replication_batches_published_total",
+            "Stream entries (batches of changes) this node appended.",
+            load(&r.batches_published),
+        ),
+        (
+            "hayate_replication_bytes_published_total",
+            "Bytes of batches this node appended.",
+            load(&r.bytes_published),
+        ),
+        (
+            "hayate_replication_changes_applied_total",
+            "Other nodes' changes applied to this node's store.",
+            load(&r.applied),
+        ),
+        (
+            "hayate_replication_changes_coalesced_total",
+            "Changes replaced by a later change of the same peer before they were sent.",
+            load(&r.coalesced),
+        ),
+        (
+            "hayate_replication_records_skipped_total",
+            "Stream entries that were not readable batches (another program's data, truncated).",
+            load(&r.skipped_records),
+        ),
+        (
+            "hayate_replication_changes_refused_total",
+            "Other nodes' changes this node's limits refused (max_torrents, max_peers_per_torrent).",
+            load(&r.refused),
+        ),
+    ] {
+        let mut f = family(name, help, MetricType::COUNTER);
+        f.mut_metric().push(counter(&[], value));
+        out.push(f);
+    }
+    let mut f = family(
+        "hayate_replication_changes_dropped_total",
+        "Changes dropped: a worker's queue was full, or the backlog kept while Redis was away.",
+        MetricType::COUNTER,
+    );
+    f.mut_metric()
+        .push(counter(&[("reason", "queue_full")], queue_drops as f64));
+    f.mut_metric().push(counter(
+        &[("reason", "backlog_full")],
+        load(&r.dropped_backlog),
+    ));
+    out.push(f);
+    for (name, help, value) in [
+        (
+            "hayate_replication_connected",
+            "1 while this node is connected to Redis.",
+            f64::from(u8::from(r.connected.load(Ordering::Relaxed))),
+        ),
+        (
+            "hayate_replication_warm_restart_changes",
+            "Changes loaded from Redis at start (the swarms of the other nodes and of this node's last run).",
+            load(&r.warm_restart_peers),
+        ),
+        (
+            "hayate_replication_warm_restart_seconds",
+            "Time the start's load from Redis took.",
+            load(&r.warm_restart_micros) / 1e6,
+        ),
+    ] {
+        let mut f = family(name, help, MetricType::GAUGE);
+        f.mut_metric().push(gauge(&[], value));
+        out.push(f);
+    }
+    let mut f = family(
+        "hayate_replication_lag_seconds",
+        "From a batch formed at another node to its application here.",
+        MetricType::HISTOGRAM,
+    );
+    let mut h = proto::Histogram::default();
+    let mut cumulative = 0;
+    let mut buckets = Vec::new();
+    for (i, bound) in REPLICATION_LAG_BUCKETS.iter().enumerate() {
+        cumulative += r.lag_buckets[i].load(Ordering::Relaxed);
+        let mut b = proto::Bucket::default();
+        b.set_upper_bound(*bound);
+        b.set_cumulative_count(cumulative);
+        buckets.push(b);
+    }
+    h.set_bucket(buckets);
+    h.set_sample_count(r.lag_count.load(Ordering::Relaxed));
+    h.set_sample_sum(load(&r.lag_sum_micros) / 1e6);
+    let mut m = metric(&[]);
+    m.set_histogram(h);
+    f.mut_metric().push(m);
+    out.push(f);
+    out
 }
 
 fn family(name: &str, help: &str, kind: MetricType) -> MetricFamily {

@@ -175,6 +175,8 @@ pub struct WorkerMetrics {
     pub hook_rejections: Box<[Counter]>,
     pub latency: [Latency; 2],
     pub http_connections: ConnectionCounters,
+    /// Swarm changes this worker could not hand to replication (its queue was full).
+    pub replication_dropped: Counter,
     hook_names: Vec<&'static str>,
     sample: AtomicU32,
 }

@@ -25,7 +25,7 @@ use crate::bittorrent::{
     AnnounceEvent, AnnounceRequest, AnnounceResponse, ClientError, InfoHash, PeerId, ScrapeStats,
 };
 use crate::clock::Clock;
-use peer_map::{PeerKey, PeerMap, PeerMapFull, V4Key, V6Key};
+use peer_map::{Origin, PeerKey, PeerMap, PeerMapFull, Upserted, V4Key, V6Key};
 use torrent_table::{Hasher, LockedTable, TableGuard};
 
 type Shard = LockedTable<Torrent>;
@@ -87,10 +87,11 @@ fn upsert<K: PeerKey>(
     completed: bool,
     expires_at: u32,
     max: usize,
-) -> Result<bool, PeerMapFull> {
-    let upserted = peers.upsert(key, peer_id, seeder, completed, expires_at, max)?;
+    origin: Origin,
+) -> Result<Upserted, PeerMapFull> {
+    let upserted = peers.upsert(key, peer_id, seeder, completed, expires_at, max, origin)?;
     *seeders = *seeders - u32::from(upserted.was_seeder == Some(true)) + u32::from(seeder);
-    Ok(upserted.newly_completed)
+    Ok(upserted)
 }
 
 impl Torrent {
@@ -111,24 +112,78 @@ impl Torrent {
         }
     }
 
-    fn remove(&mut self, peer: SocketAddr) {
+    /// Removes `peer`; returns whether it was stored.
+    fn remove(&mut self, peer: SocketAddr) -> bool {
         match peer {
             SocketAddr::V4(a) => {
-                if let Some(seeder) = self.v4.remove(V4Key::new(*a.ip(), a.port())) {
-                    self.v4_seeders -= u32::from(seeder);
-                }
+                let Some(seeder) = self.v4.remove(V4Key::new(*a.ip(), a.port())) else {
+                    return false;
+                };
+                self.v4_seeders -= u32::from(seeder);
             }
             SocketAddr::V6(a) => {
-                if let Some(v6) = &mut self.v6
-                    && let Some(seeder) = v6.peers.remove(V6Key::new(*a.ip(), a.port()))
-                {
-                    v6.seeders -= u32::from(seeder);
-                    if v6.peers.is_empty() {
-                        self.v6 = None;
-                    }
+                let Some(v6) = &mut self.v6 else {
+                    return false;
+                };
+                let Some(seeder) = v6.peers.remove(V6Key::new(*a.ip(), a.port())) else {
+                    return false;
+                };
+                v6.seeders -= u32::from(seeder);
+                if v6.peers.is_empty() {
+                    self.v6 = None;
                 }
             }
         }
+        true
+    }
+
+    /// Adds or refreshes `peer`; returns what changed.
+    #[allow(clippy::too_many_arguments)]
+    fn upsert(
+        &mut self,
+        peer: SocketAddr,
+        peer_id: PeerId,
+        seeder: bool,
+        completed: bool,
+        expires_at: u32,
+        max: usize,
+        origin: Origin,
+    ) -> Result<Upserted, PeerMapFull> {
+        let upserted = match peer {
+            SocketAddr::V4(a) => upsert(
+                &mut self.v4,
+                &mut self.v4_seeders,
+                V4Key::new(*a.ip(), a.port()),
+                peer_id,
+                seeder,
+                completed,
+                expires_at,
+                max,
+                origin,
+            ),
+            SocketAddr::V6(a) => {
+                let v6 = self.v6.get_or_insert_with(Box::default);
+                let upserted = upsert(
+                    &mut v6.peers,
+                    &mut v6.seeders,
+                    V6Key::new(*a.ip(), a.port()),
+                    peer_id,
+                    seeder,
+                    completed,
+                    expires_at,
+                    max,
+                    origin,
+                );
+                if v6.peers.is_empty() {
+                    self.v6 = None;
+                }
+                upserted
+            }
+        }?;
+        if upserted.newly_completed {
+            self.downloaded = self.downloaded.saturating_add(1);
+        }
+        Ok(upserted)
     }
 
     /// Removes expired peers; returns how many.
@@ -169,6 +224,8 @@ pub struct SwarmStore {
     hasher: Hasher,
     torrent_count: AtomicUsize,
     limits: SwarmLimits,
+    /// See [`SwarmStore::refresh_secs`].
+    refresh_secs: u32,
     clock: Clock,
     observer: Option<Arc<dyn SwarmObserver>>,
 }
@@ -187,6 +244,7 @@ impl SwarmStore {
             hasher: Hasher::default(),
             torrent_count: AtomicUsize::new(0),
             limits,
+            refresh_secs: (limits.peer_lifetime_secs / 4).max(1),
             clock,
             observer: None,
         }
@@ -289,14 +347,16 @@ impl SwarmStore {
         let mut shard = self.lock(&request.info_hash);
 
         if stopped {
+            let mut removed = false;
             if let Some(torrent) = shard.get_mut(&request.info_hash) {
-                torrent.remove(peer);
+                removed = torrent.remove(peer);
                 let stats = torrent.stats();
                 (response.complete, response.incomplete) = (stats.complete, stats.incomplete);
                 response.downloaded = torrent.downloaded;
             }
             drop(shard);
-            if let Some(observer) = &self.observer {
+            // Wherever the peer was announced, every node stored it: all must drop it.
+            if removed && let Some(observer) = &self.observer {
                 observer.removed(&request.info_hash, peer);
             }
             return Ok(());
@@ -321,39 +381,23 @@ impl SwarmStore {
         let now = self.clock.now();
         let expires_at = now.saturating_add(self.limits.peer_lifetime_secs);
         let completed = request.event == AnnounceEvent::Completed;
-        let max = self.limits.max_peers_per_torrent;
-        let seeder = request.is_seeder();
-        let upserted = match peer {
-            SocketAddr::V4(a) => upsert(
-                &mut torrent.v4,
-                &mut torrent.v4_seeders,
-                V4Key::new(*a.ip(), a.port()),
-                request.peer_id,
-                seeder,
-                completed,
-                expires_at,
-                max,
-            ),
-            SocketAddr::V6(a) => {
-                let v6 = torrent.v6.get_or_insert_with(Box::default);
-                let upserted = upsert(
-                    &mut v6.peers,
-                    &mut v6.seeders,
-                    V6Key::new(*a.ip(), a.port()),
-                    request.peer_id,
-                    seeder,
-                    completed,
-                    expires_at,
-                    max,
-                );
-                if v6.peers.is_empty() {
-                    torrent.v6 = None;
-                }
-                upserted
-            }
+        let origin = match self.observer {
+            Some(_) => Origin::Replicated {
+                epoch: (now / self.refresh_secs) as u8,
+            },
+            None => Origin::Local,
         };
-        let newly_completed = match upserted {
-            Ok(c) => c,
+        let upserted = torrent.upsert(
+            peer,
+            request.peer_id,
+            request.is_seeder(),
+            completed,
+            expires_at,
+            self.limits.max_peers_per_torrent,
+            origin,
+        );
+        let upserted = match upserted {
+            Ok(upserted) => upserted,
             Err(PeerMapFull) => {
                 if torrent.is_empty() {
                     shard.remove(&request.info_hash);
@@ -362,9 +406,6 @@ impl SwarmStore {
                 return Err(TORRENT_FULL);
             }
         };
-        if newly_completed {
-            torrent.downloaded = torrent.downloaded.saturating_add(1);
-        }
         let stats = torrent.stats();
         (response.complete, response.incomplete) = (stats.complete, stats.incomplete);
         response.downloaded = torrent.downloaded;
@@ -429,16 +470,109 @@ impl SwarmStore {
             }
         }
         drop(shard);
-        if let Some(observer) = &self.observer {
+        if upserted.publish
+            && let Some(observer) = &self.observer
+        {
             observer.announced(
                 &request.info_hash,
                 peer,
                 &request.peer_id,
                 seeder,
-                expires_at,
+                upserted.newly_completed,
             );
         }
         Ok(())
+    }
+
+    /// How long a refresh epoch lasts: a peer that keeps announcing is told to other nodes
+    /// once per epoch, and their copy lives [`Self::remote_lifetime_secs`] from then on. A
+    /// quarter of the peer lifetime: the copy at other nodes outlives the peer's own here
+    /// by at most that much.
+    pub fn refresh_secs(&self) -> u32 {
+        self.refresh_secs
+    }
+
+    /// How long other nodes keep a peer from the moment they are told of it: it outlives the
+    /// peer here, wherever in its epoch it announced last (see [`Self::refresh_secs`]).
+    pub fn remote_lifetime_secs(&self) -> u32 {
+        self.limits
+            .peer_lifetime_secs
+            .saturating_add(self.refresh_secs)
+    }
+
+    /// Stores another node's announce: never told to the observer (no loops), marked so
+    /// that this node does not refresh it, `completed` counted unless this node counted it
+    /// already. Limits hold as for announces.
+    pub fn apply_remote(
+        &self,
+        info_hash: &InfoHash,
+        peer: SocketAddr,
+        peer_id: PeerId,
+        seeder: bool,
+        completed: bool,
+        expires_at: u32,
+    ) -> Result<(), ClientError> {
+        let mut shard = self.lock(info_hash);
+        let count = &self.torrent_count;
+        let max_torrents = self.limits.max_torrents;
+        let torrent = shard
+            .get_or_insert(*info_hash, || {
+                (count.load(Ordering::Relaxed) < max_torrents).then(|| {
+                    count.fetch_add(1, Ordering::Relaxed);
+                    Torrent::default()
+                })
+            })
+            .ok_or(TRACKER_FULL)?;
+        let max = self.limits.max_peers_per_torrent;
+        let upserted = torrent.upsert(
+            peer,
+            peer_id,
+            seeder,
+            completed,
+            expires_at,
+            max,
+            Origin::Remote,
+        );
+        if upserted.is_err() {
+            if torrent.is_empty() {
+                shard.remove(info_hash);
+                count.fetch_sub(1, Ordering::Relaxed);
+            }
+            return Err(TORRENT_FULL);
+        }
+        Ok(())
+    }
+
+    /// Removes a peer another node saw stop; returns whether it was stored.
+    pub fn apply_remote_removal(&self, info_hash: &InfoHash, peer: SocketAddr) -> bool {
+        let mut shard = self.lock(info_hash);
+        let Some(torrent) = shard.get_mut(info_hash) else {
+            return false;
+        };
+        let removed = torrent.remove(peer);
+        if torrent.is_empty() {
+            shard.remove(info_hash);
+            self.torrent_count.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    /// Calls `f` with every peer announced to this node (not copied from another), one shard
+    /// lock at a time: what replication publishes again after Redis was away.
+    pub fn for_each_local_peer(&self, mut f: impl FnMut(&InfoHash, SocketAddr, PeerId, bool)) {
+        for shard in self.shards.iter() {
+            let shard = shard.lock(&self.hasher);
+            for (info_hash, torrent) in shard.entries() {
+                torrent
+                    .v4
+                    .for_each_local(|key, id, seeder| f(info_hash, key.socket_addr(), id, seeder));
+                if let Some(v6) = &torrent.v6 {
+                    v6.peers.for_each_local(|key, id, seeder| {
+                        f(info_hash, key.socket_addr(), id, seeder)
+                    });
+                }
+            }
+        }
     }
 
     pub fn scrape(&self, info_hash: &InfoHash) -> ScrapeStats {

@@ -102,19 +102,52 @@ impl PeerKey for V6Key {
 const SEEDER: u8 = 1;
 /// This peer's `completed` was counted already.
 const COMPLETED: u8 = 2;
+/// The refresh epoch (2 bits) in which other nodes last heard of this peer (replication).
+const EPOCH_SHIFT: u8 = 2;
+const EPOCH: u8 = 3 << EPOCH_SHIFT;
+/// Stored from another node's change: this node does not tell others about it.
+const REMOTE: u8 = 16;
 
-fn flags(seeder: bool, completed: bool) -> u8 {
-    (if seeder { SEEDER } else { 0 }) | if completed { COMPLETED } else { 0 }
+/// Where an upsert comes from, for replication.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// An announce to this node, replication off.
+    Local,
+    /// An announce to this node, replication on; `epoch` is the current refresh epoch (its
+    /// two low bits are kept).
+    Replicated { epoch: u8 },
+    /// Another node's change, applied.
+    Remote,
+}
+
+fn flags(seeder: bool, completed: bool, origin: Origin) -> u8 {
+    let state = (if seeder { SEEDER } else { 0 }) | if completed { COMPLETED } else { 0 };
+    match origin {
+        Origin::Local => state,
+        Origin::Replicated { epoch } => state | ((epoch << EPOCH_SHIFT) & EPOCH),
+        Origin::Remote => state | REMOTE,
+    }
 }
 
 /// A stored peer's flags after it announced again, and what that changed.
-fn reannounced(old: u8, seeder: bool, completed: bool) -> (u8, Upserted) {
+fn reannounced(old: u8, seeder: bool, completed: bool, origin: Origin) -> (u8, Upserted) {
     let was_completed = old & COMPLETED != 0;
+    let was_seeder = old & SEEDER != 0;
+    let newly_completed = completed && !was_completed;
+    let new = flags(seeder, completed || was_completed, origin);
+    // Other nodes hear of what changes what they would answer, and of a peer whose copy there
+    // would expire before its next announce: once per refresh epoch.
+    let publish = matches!(origin, Origin::Replicated { .. })
+        && (old & REMOTE != 0
+            || was_seeder != seeder
+            || newly_completed
+            || old & EPOCH != new & EPOCH);
     let upserted = Upserted {
-        was_seeder: Some(old & SEEDER != 0),
-        newly_completed: completed && !was_completed,
+        was_seeder: Some(was_seeder),
+        newly_completed,
+        publish,
     };
-    (flags(seeder, completed || was_completed), upserted)
+    (new, upserted)
 }
 
 /// A small swarm's peer, all in one place.
@@ -132,13 +165,18 @@ const _: () = assert!(size_of::<Entry<V4Key>>() == 31);
 const _: () = assert!(size_of::<Entry<V6Key>>() == 43);
 
 impl<K: PeerKey> Entry<K> {
-    fn new(key: K, peer_id: PeerId, seeder: bool, completed: bool, expires_at: u32) -> Self {
+    fn new(key: K, peer_id: PeerId, flags: u8, expires_at: u32) -> Self {
         Entry {
             key,
             expires_at: expires_at.to_ne_bytes(),
-            flags: flags(seeder, completed),
+            flags,
             peer_id,
         }
+    }
+
+    /// Told to other nodes: announced here, not copied from another node.
+    fn is_local(&self) -> bool {
+        self.flags & REMOTE == 0
     }
 
     fn seeder(&self) -> bool {
@@ -155,8 +193,9 @@ impl<K: PeerKey> Entry<K> {
         seeder: bool,
         completed: bool,
         expires_at: u32,
+        origin: Origin,
     ) -> Upserted {
-        let (flags, upserted) = reannounced(self.flags, seeder, completed);
+        let (flags, upserted) = reannounced(self.flags, seeder, completed, origin);
         (self.flags, self.peer_id) = (flags, peer_id);
         self.expires_at = expires_at.to_ne_bytes();
         upserted
@@ -208,6 +247,8 @@ pub(super) struct Upserted {
     pub was_seeder: Option<bool>,
     /// This announce is the peer's first `completed`.
     pub newly_completed: bool,
+    /// Other nodes must hear of it (see [`Origin::Replicated`]).
+    pub publish: bool,
 }
 
 /// What an expiry pass removed.
@@ -288,8 +329,9 @@ impl<K: PeerKey> Large<K> {
         seeder: bool,
         completed: bool,
         expires_at: u32,
+        origin: Origin,
     ) -> Upserted {
-        let (flags, upserted) = reannounced(self.hot[i].flags, seeder, completed);
+        let (flags, upserted) = reannounced(self.hot[i].flags, seeder, completed, origin);
         self.hot[i].flags = flags;
         self.cold[i] = Cold {
             expires_at: expires_at.to_ne_bytes(),
@@ -515,6 +557,7 @@ impl<K: PeerKey> PeerMap<K> {
 
     /// Adds or refreshes a peer; `Err(PeerMapFull)` when the peer is new and the map already
     /// holds `max` peers.
+    #[allow(clippy::too_many_arguments)]
     pub fn upsert(
         &mut self,
         key: K,
@@ -523,20 +566,23 @@ impl<K: PeerKey> PeerMap<K> {
         completed: bool,
         expires_at: u32,
         max: usize,
+        origin: Origin,
     ) -> Result<Upserted, PeerMapFull> {
         let new = Upserted {
             was_seeder: None,
             newly_completed: completed,
+            publish: matches!(origin, Origin::Replicated { .. }),
         };
+        let flags = flags(seeder, completed, origin);
         match self {
             PeerMap::Small(entries) => {
                 if let Some(entry) = entries.iter_mut().find(|e| e.key == key) {
-                    return Ok(entry.refresh(peer_id, seeder, completed, expires_at));
+                    return Ok(entry.refresh(peer_id, seeder, completed, expires_at, origin));
                 }
                 if entries.len() >= max {
                     return Err(PeerMapFull);
                 }
-                let entry = Entry::new(key, peer_id, seeder, completed, expires_at);
+                let entry = Entry::new(key, peer_id, flags, expires_at);
                 if entries.len() < SMALL_MAX {
                     let mut grown = std::mem::take(entries).into_vec();
                     grown.reserve_exact(1);
@@ -551,14 +597,14 @@ impl<K: PeerKey> PeerMap<K> {
             }
             PeerMap::Large(large) => {
                 if let Some(i) = large.position(key) {
-                    return Ok(large.refresh(i, peer_id, seeder, completed, expires_at));
+                    return Ok(large.refresh(i, peer_id, seeder, completed, expires_at, origin));
                 }
                 let len = large.len();
                 // Positions are u32: four billion peers of one torrent would not fit in memory.
                 if len >= max || len >= u32::MAX as usize {
                     return Err(PeerMapFull);
                 }
-                large.push(Entry::new(key, peer_id, seeder, completed, expires_at));
+                large.push(Entry::new(key, peer_id, flags, expires_at));
                 Ok(new)
             }
         }
@@ -632,6 +678,24 @@ impl<K: PeerKey> PeerMap<K> {
                     |i| large.cold[i].peer_id,
                     out,
                 )
+            }
+        }
+    }
+
+    /// Calls `f` with every peer announced to this node rather than copied from another
+    /// (replication republishes them after Redis was away): key, peer id, seeder.
+    pub fn for_each_local(&self, mut f: impl FnMut(K, PeerId, bool)) {
+        match self {
+            PeerMap::Small(entries) => entries
+                .iter()
+                .filter(|e| e.is_local())
+                .for_each(|e| f(e.key, e.peer_id, e.seeder())),
+            PeerMap::Large(large) => {
+                for (hot, cold) in large.hot.iter().zip(&large.cold) {
+                    if hot.flags & REMOTE == 0 {
+                        f(hot.key, cold.peer_id, hot.flags & SEEDER != 0);
+                    }
+                }
             }
         }
     }

@@ -262,12 +262,18 @@ fn limits_refuse_new_torrents_and_peers_with_a_reason() {
 #[derive(Default)]
 struct Recorder(StdMutex<Vec<String>>);
 
+impl Recorder {
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
 impl SwarmObserver for Recorder {
-    fn announced(&self, _: &InfoHash, peer: SocketAddr, _: &PeerId, seeder: bool, _: u32) {
+    fn announced(&self, _: &InfoHash, peer: SocketAddr, _: &PeerId, seeder: bool, done: bool) {
         self.0
             .lock()
             .unwrap()
-            .push(format!("announced {peer} {seeder}"));
+            .push(format!("announced {peer} {seeder} {done}"));
     }
     fn removed(&self, _: &InfoHash, peer: SocketAddr) {
         self.0.lock().unwrap().push(format!("removed {peer}"));
@@ -280,10 +286,82 @@ fn an_observer_sees_announces_and_stops() {
     let s = store().with_observer(recorder.clone());
     announce(&s, &request("10.0.0.1", 1, 0, AnnounceEvent::Started), 50);
     announce(&s, &request("10.0.0.1", 1, 0, AnnounceEvent::Stopped), 50);
+    // A stop of a peer that is not stored changes nothing anywhere.
+    announce(&s, &request("10.0.0.9", 1, 0, AnnounceEvent::Stopped), 50);
     assert_eq!(
-        *recorder.0.lock().unwrap(),
-        vec!["announced 10.0.0.1:1 true", "removed 10.0.0.1:1"]
+        recorder.take(),
+        vec!["announced 10.0.0.1:1 true false", "removed 10.0.0.1:1"]
     );
+}
+
+#[test]
+fn the_observer_hears_of_changes_and_of_one_refresh_per_epoch_not_of_every_announce() {
+    let recorder = Arc::new(Recorder::default());
+    let s = store().with_observer(recorder.clone());
+    let clock = s.clock().clone();
+    // Start at the beginning of an epoch.
+    clock.set(NOW - NOW % s.refresh_secs());
+    let leecher = request("10.0.0.1", 1, 10, AnnounceEvent::None);
+    let seeder = request("10.0.0.1", 1, 0, AnnounceEvent::None);
+    let completed = request("10.0.0.1", 1, 0, AnnounceEvent::Completed);
+    announce(&s, &leecher, 50);
+    announce(&s, &leecher, 50);
+    clock.advance(s.refresh_secs() - 1);
+    announce(&s, &leecher, 50);
+    assert_eq!(recorder.take(), ["announced 10.0.0.1:1 false false"]);
+    announce(&s, &completed, 50);
+    announce(&s, &completed, 50);
+    announce(&s, &seeder, 50);
+    assert_eq!(recorder.take(), ["announced 10.0.0.1:1 true true"]);
+    // The next epoch: one refresh, so other nodes keep their copy.
+    clock.advance(1);
+    announce(&s, &seeder, 50);
+    announce(&s, &seeder, 50);
+    assert_eq!(recorder.take(), ["announced 10.0.0.1:1 true false"]);
+    announce(&s, &leecher, 50);
+    assert_eq!(recorder.take(), ["announced 10.0.0.1:1 false false"]);
+    // Another node's copy lives longer than the peer here, wherever it announced last.
+    assert!(s.remote_lifetime_secs() >= 60 + s.refresh_secs());
+}
+
+#[test]
+fn changes_from_other_nodes_are_stored_but_never_told_and_become_local_when_announced_here() {
+    let recorder = Arc::new(Recorder::default());
+    let s = store().with_observer(recorder.clone());
+    let hash = InfoHash([1; 20]);
+    let remote: SocketAddr = "10.0.0.2:2".parse().unwrap();
+    let v6: SocketAddr = "[2001:db8::2]:2".parse().unwrap();
+    s.apply_remote(&hash, remote, PeerId([2; 20]), false, true, NOW + 100)
+        .unwrap();
+    s.apply_remote(&hash, v6, PeerId([3; 20]), true, false, NOW + 100)
+        .unwrap();
+    assert!(s.contains_peer(&hash, remote.ip(), 2));
+    assert_eq!(s.scrape(&hash).downloaded, 1);
+    // The same completion again (a refresh that repeats it) is not counted twice.
+    s.apply_remote(&hash, remote, PeerId([2; 20]), false, true, NOW + 100)
+        .unwrap();
+    assert_eq!(s.scrape(&hash).downloaded, 1);
+    assert_eq!(
+        (s.scrape(&hash).complete, s.scrape(&hash).incomplete),
+        (1, 1)
+    );
+    // Not published again (no loops), and not among the peers this node republishes.
+    let local = request("10.0.0.1", 1, 0, AnnounceEvent::None);
+    announce(&s, &local, 50);
+    assert_eq!(recorder.take(), ["announced 10.0.0.1:1 true false"]);
+    let mut republished = Vec::new();
+    s.for_each_local_peer(|_, peer, _, _| republished.push(peer));
+    assert_eq!(republished, ["10.0.0.1:1".parse::<SocketAddr>().unwrap()]);
+    // The remote peer announces here: now this node tells the others.
+    announce(&s, &request("10.0.0.2", 2, 10, AnnounceEvent::None), 50);
+    assert_eq!(recorder.take(), ["announced 10.0.0.2:2 false false"]);
+    // Removals from other nodes remove, and a torrent left empty goes.
+    assert!(s.apply_remote_removal(&hash, v6));
+    assert!(!s.apply_remote_removal(&hash, v6));
+    assert!(s.apply_remote_removal(&hash, remote));
+    assert!(s.apply_remote_removal(&hash, "10.0.0.1:1".parse().unwrap()));
+    assert_eq!(s.totals().torrents, 0);
+    assert!(recorder.take().is_empty());
 }
 
 /// Whether the torrent's peers of one family are kept indexed (rather than as a short list).

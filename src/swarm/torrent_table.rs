@@ -153,6 +153,10 @@ impl<T> TableGuard<'_, T> {
         self.buckets.len()
     }
 
+    pub fn entries(&self) -> impl Iterator<Item = (&InfoHash, &T)> {
+        self.buckets.iter().map(|(k, v)| (k, v))
+    }
+
     pub fn values(&self) -> impl Iterator<Item = &T> {
         self.buckets.iter().map(|(_, v)| v)
     }

@@ -13,6 +13,8 @@ use hayate::config::{Config, EngineKind};
 use hayate::middleware::Middleware;
 use hayate::server::{self, RunningServer};
 
+pub mod redis;
+
 pub const NOW: u32 = 1_800_000_000;
 pub const SECRET: &str = "00112233445566778899aabbccddeeff";
 

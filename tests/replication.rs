@@ -1,0 +1,250 @@
+//! Several nodes on one real Redis (`redis-server`, started here on a free port and stopped by
+//! PID): what one node is told, the others answer with; a stop anywhere removes everywhere; a
+//! new or restarted node loads the swarms; Redis going away costs no request an answer.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::redis::RedisServer;
+use common::*;
+use hayate::config::EngineKind;
+
+/// A node on `redis`, ready (the swarms loaded).
+fn node(redis: &RedisServer, id: &str, engine: EngineKind) -> TestServer {
+    let mut config = test_config(engine);
+    config.replication.enabled = true;
+    config.replication.node_id = id.into();
+    config.replication.redis.url = redis.url();
+    config.replication.flush_interval_ms = 20;
+    config.replication.warm_restart_timeout_secs = 5;
+    let t = TestServer::start(config);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !t.server.metrics().is_ready() {
+        assert!(Instant::now() < deadline, "{id} never ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t
+}
+
+/// Announces `port` into torrent `n` at `t` over UDP; the peers of the reply.
+fn announce(t: &TestServer, n: u8, port: u16, event: u32) -> Vec<SocketAddr> {
+    let c = UdpClient::new(t.udp(false));
+    let id = c.connect();
+    let mut a = UdpAnnounce::new(id, hash(n), port);
+    a.event = event;
+    a.peer_id = peer_id(port as u8);
+    c.request(&a.packet()).peers()
+}
+
+/// Announces `port` at `t` until `want(peers)` holds, for up to `within`; whether it did.
+fn eventually(
+    t: &TestServer,
+    n: u8,
+    port: u16,
+    within: Duration,
+    want: impl Fn(&[SocketAddr]) -> bool,
+) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if want(&announce(t, n, port, 0)) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn peer(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn metric(t: &TestServer, name: &str) -> f64 {
+    let text = t.server.metrics().render();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[test]
+fn a_peer_announced_at_one_node_is_in_the_others_replies_within_a_second_and_a_stop_removes_it() {
+    let redis = RedisServer::start();
+    for engine in engines() {
+        let a = node(&redis, "a", engine);
+        let b = node(&redis, "b", engine);
+        let torrent = if engine == EngineKind::Epoll { 1 } else { 2 };
+        announce(&a, torrent, 1001, 2);
+        assert!(
+            eventually(&b, torrent, 2001, Duration::from_secs(1), |p| p
+                .contains(&peer(1001))),
+            "{engine:?}: B never answered with A's peer"
+        );
+        // And the other way round.
+        assert!(eventually(&a, torrent, 1001, Duration::from_secs(1), |p| p
+            .contains(&peer(2001))));
+        // A stop at A removes the peer at B.
+        announce(&a, torrent, 1001, 3);
+        assert!(
+            eventually(&b, torrent, 2001, Duration::from_secs(1), |p| !p
+                .contains(&peer(1001))),
+            "{engine:?}: the stop did not reach B"
+        );
+        // The lag as the applying node measures it.
+        assert!(metric(&b, "hayate_replication_lag_seconds_count") >= 1.0);
+        assert_eq!(metric(&b, "hayate_replication_connected"), 1.0);
+    }
+}
+
+#[test]
+fn with_three_nodes_each_change_is_published_once_and_never_sent_back() {
+    let redis = RedisServer::start();
+    let nodes: Vec<TestServer> = ["a", "b", "c"]
+        .iter()
+        .map(|id| node(&redis, id, EngineKind::Epoll))
+        .collect();
+    // Two peers at A: one change each.
+    announce(&nodes[0], 5, 1101, 2);
+    announce(&nodes[0], 5, 1102, 2);
+    for (i, n) in nodes.iter().enumerate().skip(1) {
+        assert!(
+            eventually(n, 5, 1200 + i as u16, Duration::from_secs(1), |p| {
+                p.contains(&peer(1101)) && p.contains(&peer(1102))
+            }),
+            "node {i} did not get both"
+        );
+    }
+    // Time for any echo to show.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        metric(&nodes[0], "hayate_replication_changes_published_total"),
+        2.0
+    );
+    // B and C each published only their own announcing peer, never A's.
+    for n in &nodes[1..] {
+        assert_eq!(metric(n, "hayate_replication_changes_published_total"), 1.0);
+    }
+    // A applied B's and C's peer, nothing of its own.
+    assert_eq!(
+        metric(&nodes[0], "hayate_replication_changes_applied_total"),
+        2.0
+    );
+    // Re-announces that change nothing are not published again.
+    for _ in 0..5 {
+        announce(&nodes[0], 5, 1101, 0);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        metric(&nodes[0], "hayate_replication_changes_published_total"),
+        2.0
+    );
+}
+
+#[test]
+fn completed_downloads_are_counted_once_across_nodes() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a", EngineKind::Epoll);
+    let b = node(&redis, "b", EngineKind::Epoll);
+    let scrape = |t: &TestServer| {
+        let c = UdpClient::new(t.udp(false));
+        let id = c.connect();
+        match c.request(&scrape_packet(id, 9, &[hash(7)])) {
+            UdpReply::Scrape { stats, .. } => stats[0].1,
+            other => panic!("{other:?}"),
+        }
+    };
+    announce(&a, 7, 1301, 2);
+    announce(&a, 7, 1301, 1); // completed at A
+    announce(&b, 7, 1302, 1); // another peer completed at B
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while (scrape(&a), scrape(&b)) != (2, 2) {
+        assert!(
+            Instant::now() < deadline,
+            "downloaded: A {} B {} (want 2, 2)",
+            scrape(&a),
+            scrape(&b)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The same peer's `completed` again, at the other node: not counted again.
+    announce(&b, 7, 1301, 1);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!((scrape(&a), scrape(&b)), (2, 2));
+}
+
+#[test]
+fn a_new_node_loads_the_swarms_before_it_says_ready() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a", EngineKind::Epoll);
+    for port in 1401..1411 {
+        announce(&a, 8, port, 2);
+    }
+    // Published within a flush or two.
+    std::thread::sleep(Duration::from_millis(200));
+    let c = node(&redis, "c", EngineKind::IoUring);
+    // Its very first reply, right after ready, has them all.
+    let peers = announce(&c, 8, 1499, 2);
+    assert_eq!(peers.len(), 10, "{peers:?}");
+    assert!(metric(&c, "hayate_replication_warm_restart_changes") >= 10.0);
+}
+
+#[test]
+fn while_redis_is_away_every_request_is_answered_and_afterwards_the_nodes_converge() {
+    let mut redis = RedisServer::start();
+    let a = node(&redis, "a", EngineKind::Epoll);
+    let b = node(&redis, "b", EngineKind::IoUring);
+    announce(&a, 9, 1501, 2);
+    assert!(eventually(&b, 9, 1601, Duration::from_secs(1), |p| p
+        .contains(&peer(1501))));
+    redis.kill();
+    // Both nodes keep answering, every time (a failed request panics in `announce`).
+    let started = Instant::now();
+    let mut answered = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        announce(&a, 9, 1502, 0);
+        announce(&b, 9, 1602, 0);
+        answered += 2;
+    }
+    assert!(answered > 10);
+    assert_eq!(metric(&a, "hayate_replication_connected"), 0.0);
+    // Redis comes back empty (no persistence): the nodes reconnect, publish their peers again,
+    // and each sees what the other was told meanwhile.
+    redis.restart();
+    assert!(
+        eventually(&b, 9, 1601, Duration::from_secs(10), |p| p
+            .contains(&peer(1502))),
+        "B never got what A was told during the outage"
+    );
+    assert!(eventually(&a, 9, 1501, Duration::from_secs(5), |p| p
+        .contains(&peer(1602))));
+    // And a node that starts now finds everything in Redis again.
+    let c = node(&redis, "c", EngineKind::Epoll);
+    let peers = announce(&c, 9, 1701, 2);
+    for port in [1501, 1502, 1601, 1602] {
+        assert!(peers.contains(&peer(port)), "{port} missing: {peers:?}");
+    }
+}
+
+#[test]
+fn garbage_in_the_streams_is_skipped_and_counted() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a", EngineKind::Epoll);
+    let b = node(&redis, "b", EngineKind::Epoll);
+    for (field, data) in [
+        (&b"d"[..], &b"not a batch"[..]),
+        (
+            b"d",
+            b"HYR1\0\0\0\0\0\0\0\x01\0\0\0\0\0\0\0\x01\0\0\0\x10\0\0\0\x05\x01",
+        ),
+        (b"something", b"else"),
+    ] {
+        redis.command(&[b"XADD", b"hayate:{3}:changes", b"*", field, data]);
+    }
+    // Still replicating, and the garbage was counted.
+    announce(&a, 3, 1801, 2);
+    assert!(eventually(&b, 3, 1802, Duration::from_secs(1), |p| p
+        .contains(&peer(1801))));
+    assert!(metric(&b, "hayate_replication_records_skipped_total") >= 2.0);
+}
