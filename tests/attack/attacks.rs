@@ -346,7 +346,7 @@ fn held(plan: HeldConnections, until: &Until) -> io::Result<FloodReport> {
     let report = floods::hold_connections(&plan, until)?;
     Ok(FloodReport {
         sent: format!(
-            "{} conns ({}) from {} sources, {} connects at {}/s",
+            "{} conns ({}) from {} sources, {} connects ({}/s avg)",
             plan.connections,
             match plan.behaviour {
                 Behaviour::Idle => "idle".to_string(),

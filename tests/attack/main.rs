@@ -183,8 +183,7 @@ pub struct AttackOutcome {
     pub after: Option<Readings>,
     /// (torrents, peers) the store held after the attack.
     pub store: Option<(u64, u64)>,
-    /// Why the flood was stopped early, if it was.
-    pub stopped_early: Option<String>,
+    pub rss_watch: RssWatch,
     pub alive_at_end: bool,
     pub stop: StopOutcome,
     /// Lines the tracker logged (warnings and errors), and the last one.
@@ -212,32 +211,46 @@ pub struct EngineRun {
     pub amplification: Option<Result<Vec<amplification::Case>, String>>,
 }
 
+/// What the watchdog saw of the tracker's RSS during the flood.
+#[derive(Clone, Debug, Default)]
+pub struct RssWatch {
+    /// The largest RSS sampled, and how long after the flood's start.
+    pub peak_kib: u64,
+    pub peak_after: Duration,
+    /// Why the flood was stopped early, if it was.
+    pub stopped_early: Option<String>,
+}
+
 /// Samples the tracker's RSS every 50 ms until `stop`; sets `stop` itself, and says why, if
 /// the RSS passes the safety limit or the process is gone.
-fn watch_tracker(pid: u32, stop: &AtomicBool) -> Option<String> {
+fn watch_tracker(pid: u32, stop: &AtomicBool) -> RssWatch {
     let started = Instant::now();
+    let mut watch = RssWatch::default();
     while !stop.load(Ordering::Relaxed) {
-        match tracker::rss_kib(pid) {
-            Some(rss) if rss / 1024 >= RSS_SAFETY_LIMIT_MIB => {
-                stop.store(true, Ordering::Relaxed);
-                return Some(format!(
-                    "flood stopped after {:.1} s: tracker RSS reached {} MiB (safety limit {RSS_SAFETY_LIMIT_MIB} MiB)",
-                    started.elapsed().as_secs_f64(),
-                    rss / 1024
-                ));
-            }
-            Some(_) => {}
-            None => {
-                stop.store(true, Ordering::Relaxed);
-                return Some(format!(
-                    "flood stopped after {:.1} s: the tracker process is gone",
-                    started.elapsed().as_secs_f64()
-                ));
-            }
+        let Some(rss) = tracker::rss_kib(pid) else {
+            stop.store(true, Ordering::Relaxed);
+            watch.stopped_early = Some(format!(
+                "flood stopped after {:.1} s: the tracker process is gone",
+                started.elapsed().as_secs_f64()
+            ));
+            break;
+        };
+        if rss > watch.peak_kib {
+            watch.peak_kib = rss;
+            watch.peak_after = started.elapsed();
+        }
+        if rss / 1024 >= RSS_SAFETY_LIMIT_MIB {
+            stop.store(true, Ordering::Relaxed);
+            watch.stopped_early = Some(format!(
+                "flood stopped after {:.1} s: tracker RSS reached {} MiB (safety limit {RSS_SAFETY_LIMIT_MIB} MiB)",
+                started.elapsed().as_secs_f64(),
+                rss / 1024
+            ));
+            break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    None
+    watch
 }
 
 fn run_attack(engine: &str, attack: Attack, window: Duration) -> Result<AttackOutcome, String> {
@@ -276,7 +289,7 @@ fn run_attack(engine: &str, attack: Attack, window: Duration) -> Result<AttackOu
         sent: "flood thread panicked".into(),
         notes: Vec::new(),
     });
-    let stopped_early = watchdog.join().ok().flatten();
+    let rss_watch = watchdog.join().unwrap_or_default();
     let store = tracker::store_gauges(addrs.metrics, Duration::from_secs(2));
     let alive_at_end = tracker.is_running();
     let stop = tracker.stop();
@@ -287,7 +300,7 @@ fn run_attack(engine: &str, attack: Attack, window: Duration) -> Result<AttackOu
         before,
         after,
         store,
-        stopped_early,
+        rss_watch,
         alive_at_end,
         stop,
         log_lines: log.lines().count(),

@@ -115,16 +115,20 @@ fn attack_notes(attack: Attack, outcome: &AttackOutcome) -> Vec<String> {
     if let Some((torrents, peers)) = outcome.store {
         tracker.push(format!("{torrents} torrents, {peers} peers stored"));
     }
-    if let (Some(before), Some(after)) = (outcome.before, outcome.after) {
-        let grown_mib = mib(after.rss_kib.saturating_sub(before.rss_kib));
+    if let Some(before) = outcome.before {
+        let watch = &outcome.rss_watch;
+        let grown_mib = mib(watch.peak_kib.saturating_sub(before.rss_kib));
         // Only growth worth a reader's attention: a store filling up, buffers without bound.
         if grown_mib >= 10.0 {
-            let secs = after.at.duration_since(before.at).as_secs_f64();
+            let secs = watch.peak_after.as_secs_f64();
             tracker.push(format!(
-                "RSS grew {grown_mib:.0} MiB in {secs:.1} s ({:.0} MiB/s)",
+                "RSS peaked at {:.0} MiB {secs:.1} s into the flood (+{grown_mib:.0} MiB, {:.0} MiB/s)",
+                mib(watch.peak_kib),
                 grown_mib / secs.max(1e-9)
             ));
         }
+    }
+    if let Some(after) = outcome.after {
         tracker.push(format!("{} open descriptors", after.open_fds));
     }
     if !outcome.alive_at_end {
@@ -147,7 +151,7 @@ fn attack_notes(attack: Attack, outcome: &AttackOutcome) -> Vec<String> {
     if !tracker.is_empty() {
         notes.push(format!("{name}: tracker {}", tracker.join("; ")));
     }
-    if let Some(reason) = &outcome.stopped_early {
+    if let Some(reason) = &outcome.rss_watch.stopped_early {
         notes.push(format!("{name}: {reason}"));
     }
     notes
@@ -278,11 +282,13 @@ pub fn checks(runs: &[EngineRun]) -> Vec<Check> {
             ));
             let peak = outcome.after.map(|a| mib(a.peak_rss_kib));
             checks.push(check(
-                peak.is_some_and(|p| p < RSS_BOUND_MIB) && outcome.stopped_early.is_none(),
+                peak.is_some_and(|p| p < RSS_BOUND_MIB)
+                    && outcome.rss_watch.stopped_early.is_none(),
                 format!(
                     "{engine} {name}: tracker peak RSS {} MiB, bound < {RSS_BOUND_MIB:.0} MiB{}",
                     peak.map_or("unknown".into(), |p| format!("{p:.1}")),
                     outcome
+                        .rss_watch
                         .stopped_early
                         .as_ref()
                         .map_or(String::new(), |r| format!(" ({r})")),
