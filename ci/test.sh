@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of hayate on a Debian machine with a Rust toolchain (rustup, Rust >= 1.89):
-# installs the Debian packages the tests use (libtorrent, aria2, mktorrent, promtool, ...), then the Rust suite (unit, property, integration
+# installs the Debian packages the tests use (libtorrent, aria2, mktorrent, promtool, redis-server,
+# redis-sentinel, ...), then the Rust suite (unit, property, integration
 # and process tests), then the real-client transfers (libtorrent and aria2 through hayate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,9 @@ command -v aria2c >/dev/null || missing+=(aria2)
 command -v openssl >/dev/null || missing+=(openssl)  # key pairs for tests/jwt.rs
 { [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import libtorrent' 2>/dev/null; } || missing+=(python3-libtorrent)
 command -v promtool >/dev/null || missing+=(prometheus)
+command -v redis-server >/dev/null || missing+=(redis-server)   # tests/replication.rs, real clients
+command -v redis-sentinel >/dev/null || missing+=(redis-sentinel)
+command -v redis-cli >/dev/null || missing+=(redis-tools)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo

@@ -7,18 +7,27 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::redis::RedisServer;
+use common::redis::{ClusterSetup, MASTER_NAME, RedisServer, SentinelSetup};
 use common::*;
 use hayate::config::EngineKind;
 
 /// A node on `redis`, ready (the swarms loaded).
 fn node(redis: &RedisServer, id: &str, engine: EngineKind) -> TestServer {
+    node_with(id, engine, |r| r.redis.url = redis.url())
+}
+
+/// A node whose Redis `set_redis` names, ready.
+fn node_with(
+    id: &str,
+    engine: EngineKind,
+    set_redis: impl FnOnce(&mut hayate::config::ReplicationConfig),
+) -> TestServer {
     let mut config = test_config(engine);
     config.replication.enabled = true;
     config.replication.node_id = id.into();
-    config.replication.redis.url = redis.url();
     config.replication.flush_interval_ms = 20;
     config.replication.warm_restart_timeout_secs = 5;
+    set_redis(&mut config.replication);
     let t = TestServer::start(config);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !t.server.metrics().is_ready() {
@@ -247,4 +256,128 @@ fn garbage_in_the_streams_is_skipped_and_counted() {
     assert!(eventually(&b, 3, 1802, Duration::from_secs(1), |p| p
         .contains(&peer(1801))));
     assert!(metric(&b, "hayate_replication_records_skipped_total") >= 2.0);
+}
+
+#[test]
+fn replication_follows_a_sentinel_failover_without_a_restart() {
+    let setup = SentinelSetup::start();
+    let sentinel = |r: &mut hayate::config::ReplicationConfig| {
+        r.redis.sentinel.master_name = MASTER_NAME.into();
+        r.redis.sentinel.addresses = setup.addresses();
+    };
+    let a = node_with("a", EngineKind::Epoll, sentinel);
+    let b = node_with("b", EngineKind::IoUring, sentinel);
+    announce(&a, 11, 1901, 2);
+    assert!(eventually(&b, 11, 1951, Duration::from_secs(1), |p| p
+        .contains(&peer(1901))));
+    setup.fail_over();
+    // Every announce is answered during and after the failover (`announce` panics on none),
+    // and changes flow again through the new master.
+    announce(&a, 11, 1902, 2);
+    assert!(
+        eventually(&b, 11, 1951, Duration::from_secs(15), |p| p
+            .contains(&peer(1902))),
+        "nothing replicated after the failover"
+    );
+    assert!(
+        setup
+            .replica
+            .command(&[b"XLEN", b"hayate:{11}:changes"])
+            .contains(':'),
+        "the new master holds the stream"
+    );
+}
+
+#[test]
+fn replication_works_on_a_redis_cluster_of_three_masters() {
+    let cluster = ClusterSetup::start();
+    let nodes = |r: &mut hayate::config::ReplicationConfig| r.redis.cluster.nodes = cluster.urls();
+    let a = node_with("a", EngineKind::Epoll, nodes);
+    let b = node_with("b", EngineKind::Epoll, nodes);
+    // Torrents in several partitions, so several slots and masters.
+    for n in [12u8, 13, 14, 15, 16] {
+        announce(&a, n, 2001, 2);
+    }
+    for n in [12u8, 13, 14, 15, 16] {
+        assert!(
+            eventually(&b, n, 2002, Duration::from_secs(1), |p| p
+                .contains(&peer(2001))),
+            "torrent {n} not replicated through the cluster"
+        );
+    }
+    // The streams are spread over the masters.
+    let holding = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.command(&[b"DBSIZE"]).trim_start_matches(':').trim() != "0")
+        .count();
+    assert!(holding >= 2, "only {holding} masters hold keys");
+    // A new node loads from the cluster too.
+    let c = node_with("c", EngineKind::IoUring, nodes);
+    assert!(announce(&c, 12, 2003, 2).contains(&peer(2001)));
+}
+
+/// GET `path` on `addr`; the status, or None when nothing answers.
+fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    std::str::from_utf8(raw.get(9..12)?).ok()?.parse().ok()
+}
+
+#[test]
+fn a_node_killed_with_sigkill_answers_with_its_swarms_once_ready_again() {
+    let redis = RedisServer::start();
+    let udp = SocketAddr::from(([127, 0, 0, 1], common::redis::free_port()));
+    let metrics = SocketAddr::from(([127, 0, 0, 1], common::redis::free_port()));
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        format!(
+            "workers: 1\nlog: {{level: warn}}\nudp: {{bind: [\"{udp}\"], connection_id_secret: \"{SECRET}\"}}\n\
+             http: {{enabled: false}}\nmetrics: {{bind: \"{metrics}\"}}\n\
+             replication: {{enabled: true, node_id: killed, flush_interval_ms: 20, redis: {{url: \"{}\"}}}}\n",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let start = || {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_hayate"))
+            .args(["--config", config.path().to_str().unwrap()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while http_status(metrics, "/readyz") != Some(200) {
+            assert!(Instant::now() < deadline, "never ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    };
+    let announce_at = |port: u16| {
+        let c = UdpClient::new(udp);
+        let id = c.connect();
+        let mut a = UdpAnnounce::new(id, hash(21), port);
+        a.peer_id = peer_id(port as u8);
+        c.request(&a.packet()).peers()
+    };
+    let mut first = start();
+    for port in 2101..2106 {
+        announce_at(port);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let mut second = start();
+    // The first reply after /readyz says ready has the peers the killed process had.
+    let peers = announce_at(2199);
+    let _ = second.kill();
+    let _ = second.wait();
+    for port in 2101..2106 {
+        assert!(peers.contains(&peer(port)), "{port} missing: {peers:?}");
+    }
 }

@@ -5,7 +5,8 @@
 #
 # Usage: ci/real_clients/run.sh PATH_TO_HAYATE_BINARY
 #
-# Needs (Debian): python3-libtorrent aria2 mktorrent iproute2 (ss), coreutils.
+# Needs (Debian): python3-libtorrent aria2 mktorrent iproute2 (ss), coreutils, and
+# redis-server (with redis-cli) for the replicated cases.
 # Output: one "PASS <case>" / "FAIL <case>: <reason>" line per case on stdout,
 # then "real-clients: N passed, M failed". Diagnostics go to stderr.
 # Exit status 0 only if every case passed.
@@ -24,6 +25,8 @@ ALL_CASES=(
   libtorrent-udp-ipv6
   aria2-http-ipv4
   aria2-http-ipv6
+  libtorrent-udp-ipv4-replicated
+  libtorrent-http-ipv6-replicated
 )
 if [[ -n "${CASES:-}" ]]; then read -r -a CASES <<<"$CASES"; else CASES=("${ALL_CASES[@]}"); fi
 
@@ -96,8 +99,9 @@ run_case() {
   trap cleanup EXIT
   trap 'exit 124' TERM INT
 
-  local client proto fam
+  local client proto fam replicated=""
   IFS=- read -r client proto fam <<<"$CASE"
+  if [[ "$fam" == *-replicated ]]; then fam="${fam%-replicated}"; replicated=1; fi
 
   local host lhost
   if [[ "$fam" == ipv6 ]]; then host='[::1]'; lhost='::1'; else host='127.0.0.1'; lhost='127.0.0.1'; fi
@@ -108,44 +112,85 @@ run_case() {
   WORK="$(mktemp -d -t hayate-real-clients.XXXXXX)"
   mkdir -p "$WORK/seed" "$WORK/leech"
 
-  # --- tracker ------------------------------------------------------------
-  local port
+  # --- tracker(s) ---------------------------------------------------------
+  # A replicated case runs two nodes on one Redis: the seeder announces only to the first,
+  # the leecher only to the second.
+  local redis_port="" replication="" secret=""
+  if [[ -n "$replicated" ]]; then
+    redis_port="$(free_port)" || fail "no free Redis port"
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
+      --dir "$WORK" >"$WORK/redis.log" 2>&1 &
+    PIDS+=("$!")
+    local up=0
+    for _ in $(seq 1 100); do
+      [[ "$(redis-cli -p "$redis_port" ping 2>/dev/null)" == PONG ]] && { up=1; break; }
+      sleep 0.1
+    done
+    [[ "$up" == 1 ]] || { show "$WORK/redis.log"; fail "redis-server did not start"; }
+  fi
+  local port port2="" tpid
   port="$(free_port)" || fail "no free tracker port"
-  cat >"$WORK/hayate.yaml" <<EOF
+  start_tracker() {   # start_tracker PORT NAME
+    local p="$1" name="$2"
+    if [[ -n "$redis_port" ]]; then
+      replication="replication: {enabled: true, node_id: $name, flush_interval_ms: 20, redis: {url: \"redis://127.0.0.1:$redis_port/0\"}}"
+      # Nodes share the connection-id key, as nodes behind one address must (libtorrent
+      # also keeps one connection id per tracker IP, whatever the port).
+      secret='  connection_id_secret: "00112233445566778899aabbccddeeff"'
+    fi
+    cat >"$WORK/$name.yaml" <<EOF
 workers: 1
 engine: ${ENGINE:-auto}
 log:
   level: info
 udp:
-  bind: ["127.0.0.1:$port", "[::1]:$port"]
+  bind: ["127.0.0.1:$p", "[::1]:$p"]
+$secret
 http:
-  bind: ["127.0.0.1:$port", "[::1]:$port"]
+  bind: ["127.0.0.1:$p", "[::1]:$p"]
 metrics:
   bind: "127.0.0.1:0"
 announce:
   interval_secs: 5
   min_interval_secs: 1
+$replication
 EOF
-  "$HAYATE" --config "$WORK/hayate.yaml" >"$WORK/tracker.log" 2>&1 &
-  local tpid=$!
-  PIDS+=("$tpid")
-  # Wait (<= 10 s) until TCP and UDP listen on both loopback addresses.
-  local ok=0
-  for _ in $(seq 1 100); do
-    kill -0 "$tpid" 2>/dev/null || { show "$WORK/tracker.log"; fail "tracker exited at startup"; }
-    if [[ "$(ss -Hlnt "( sport = :$port )" | wc -l)" -ge 2 && \
-          "$(ss -Hlnu "( sport = :$port )" | wc -l)" -ge 2 ]]; then
-      ok=1; break
-    fi
-    sleep 0.1
-  done
-  [[ "$ok" == 1 ]] || { show "$WORK/tracker.log"; fail "tracker not listening on tcp+udp :$port within 10s"; }
+    "$HAYATE" --config "$WORK/$name.yaml" >"$WORK/$name.log" 2>&1 &
+    tpid=$!
+    PIDS+=("$tpid")
+    # Wait (<= 10 s) until TCP and UDP listen on both loopback addresses.
+    local ok=0
+    for _ in $(seq 1 100); do
+      kill -0 "$tpid" 2>/dev/null || { show "$WORK/$name.log"; fail "tracker $name exited at startup"; }
+      if [[ "$(ss -Hlnt "( sport = :$p )" | wc -l)" -ge 2 && \
+            "$(ss -Hlnu "( sport = :$p )" | wc -l)" -ge 2 ]]; then
+        ok=1; break
+      fi
+      sleep 0.1
+    done
+    [[ "$ok" == 1 ]] || { show "$WORK/$name.log"; fail "tracker $name not listening on tcp+udp :$p within 10s"; }
+  }
+  start_tracker "$port" tracker
+  local tpids=("$tpid")
+  if [[ -n "$replicated" ]]; then
+    port2="$(free_port)" || fail "no free tracker port"
+    while [[ "$port2" == "$port" ]]; do port2="$(free_port)"; done
+    start_tracker "$port2" tracker2
+    tpids+=("$tpid")
+  fi
 
   # --- data + private torrent ------------------------------------------
   local url="$proto://$host:$port/announce"
   head -c $((3 * 1024 * 1024 + 12345)) /dev/urandom >"$WORK/seed/data.bin"
   mktorrent -p -a "$url" -o "$WORK/data.torrent" "$WORK/seed/data.bin" >/dev/null 2>"$WORK/mktorrent.log" \
     || { show "$WORK/mktorrent.log"; fail "mktorrent failed"; }
+  # The leecher's copy names the second node (same info dictionary, so the same info hash).
+  local leech_torrent=()
+  if [[ -n "$replicated" ]]; then
+    mktorrent -p -a "$proto://$host:$port2/announce" -o "$WORK/data2.torrent" "$WORK/seed/data.bin" \
+      >/dev/null 2>>"$WORK/mktorrent.log" || { show "$WORK/mktorrent.log"; fail "mktorrent failed"; }
+    leech_torrent=(--leech-torrent "$WORK/data2.torrent")
+  fi
 
   local sport lport
   sport="$(free_port)" || fail "no free port"
@@ -159,10 +204,10 @@ EOF
     bg_wait timeout -k 3 "$inner" "$PY" "$HERE/transfer.py" pair \
       --torrent "$WORK/data.torrent" --data "$WORK/seed/data.bin" \
       --seed-listen "$host:$sport" --leech-listen "$host:$lport" \
-      --leech-dir "$WORK/leech" --timeout $((inner - 5)) \
+      --leech-dir "$WORK/leech" --timeout $((inner - 5)) "${leech_torrent[@]}" \
       --log "$WORK/alerts.log" >"$WORK/transfer.out" 2>&1 || rc=$?
     if [[ "$rc" != 0 ]]; then
-      show "$WORK/transfer.out" "$WORK/alerts.log" "$WORK/tracker.log"
+      show "$WORK/transfer.out" "$WORK/alerts.log" "$WORK"/tracker*.log
       local why
       why="$(grep -m1 '^FAIL' "$WORK/transfer.out" | cut -c1-300 || true)"
       case "$rc" in
@@ -186,7 +231,7 @@ EOF
       sleep 0.1
     done
     if [[ "$ok" != 1 ]]; then
-      show "$WORK/seed.out" "$WORK/alerts.log" "$WORK/tracker.log"
+      show "$WORK/seed.out" "$WORK/alerts.log" "$WORK"/tracker*.log
       fail "libtorrent seeder not seeding/announced within 20s"
     fi
     local v6opt=()
@@ -205,7 +250,7 @@ EOF
       "${v6opt[@]}" \
       "$WORK/data.torrent" >"$WORK/aria2.out" 2>&1 || rc=$?
     if [[ "$rc" != 0 ]]; then
-      show "$WORK/aria2.out" "$WORK/aria2.log" "$WORK/alerts.log" "$WORK/tracker.log"
+      show "$WORK/aria2.out" "$WORK/aria2.log" "$WORK/alerts.log" "$WORK"/tracker*.log
       case "$rc" in
         124|137) fail "aria2c timed out" ;;
         *) fail "aria2c exit $rc" ;;
@@ -221,10 +266,12 @@ EOF
   want="$(sha256sum <"$WORK/seed/data.bin" | cut -d' ' -f1)"
   got="$(sha256sum <"$WORK/leech/data.bin" | cut -d' ' -f1)"
   [[ "$want" == "$got" ]] || fail "sha256 mismatch: want $want got $got"
-  if ! kill -0 "$tpid" 2>/dev/null; then
-    show "$WORK/tracker.log"
-    fail "tracker died during the case"
-  fi
+  for tpid in "${tpids[@]}"; do
+    if ! kill -0 "$tpid" 2>/dev/null; then
+      show "$WORK"/tracker*.log
+      fail "tracker died during the case"
+    fi
+  done
   exit 0
 }
 

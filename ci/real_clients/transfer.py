@@ -138,7 +138,9 @@ def cmd_pair(args, log):
 
     leecher = make_session(args.leech_listen)
     lstats = new_stats()
-    lh = add(leecher, args.torrent, args.leech_dir)
+    # The same torrent with another tracker in it: the leecher announces elsewhere (two
+    # replicated nodes), and learns of the seeder only through replication.
+    lh = add(leecher, args.leech_torrent or args.torrent, args.leech_dir)
     last_kick = time.monotonic()
     while True:
         drain(seeder, "seed", log, sstats)
@@ -198,6 +200,8 @@ def main():
                    help="libtorrent listen_interfaces, e.g. 127.0.0.1:7000")
     p.add_argument("--leech-listen", help="pair mode: e.g. [::1]:7001")
     p.add_argument("--leech-dir", help="pair mode: download directory")
+    p.add_argument("--leech-torrent",
+                   help="pair mode: the leecher's .torrent (default: --torrent)")
     p.add_argument("--ready-file", help="seed mode: touched when seeding")
     p.add_argument("--timeout", type=float, default=45)
     p.add_argument("--log", help="alert log file (default stderr)")

@@ -98,15 +98,29 @@ fn ensure_unused(addr: SocketAddr, kind: Type) -> anyhow::Result<()> {
     if kind == Type::STREAM {
         probe.set_reuse_address(true)?;
     }
-    match probe.bind(&addr.into()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => anyhow::bail!(
-            "{what} {addr} is in use by another process (another hayate?); two trackers on \
-             one port would split its clients between two sets of swarms"
-        ),
-        Err(e) => Err(e).with_context(|| format!("bind {what} socket on {addr}")),
+    // A process that just died with io_uring holds its sockets until the kernel has torn
+    // its rings down, which it does a moment later, off the process's exit: a restart at
+    // once (systemd's Restart=, a test) waits for that rather than failing.
+    let deadline = std::time::Instant::now() + RELEASE_WAIT;
+    loop {
+        match probe.bind(&addr.into()) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                if std::time::Instant::now() >= deadline {
+                    anyhow::bail!(
+                        "{what} {addr} is in use by another process (another hayate?); two \
+                         trackers on one port would split its clients between two sets of swarms"
+                    );
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(e).with_context(|| format!("bind {what} socket on {addr}")),
+        }
     }
 }
+
+/// How long a start waits for an address a dead process may still hold (see `ensure_unused`).
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 fn bind(addr: SocketAddr, kind: Type, recv_buffer: usize) -> std::io::Result<Socket> {
     let protocol = if kind == Type::DGRAM {

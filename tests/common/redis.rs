@@ -145,3 +145,176 @@ pub fn wait_for_ping(addr: SocketAddr) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// One master, one replica and three Sentinels watching them as `mymaster`.
+pub struct SentinelSetup {
+    pub master: RedisServer,
+    pub replica: RedisServer,
+    sentinels: Vec<(u16, Child)>,
+    _dir: tempfile::TempDir,
+}
+
+pub const MASTER_NAME: &str = "mymaster";
+
+impl SentinelSetup {
+    pub fn start() -> SentinelSetup {
+        let master = RedisServer::start();
+        let replica =
+            RedisServer::start_with(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+        let dir = tempfile::tempdir().unwrap();
+        let sentinels = (0..3)
+            .map(|i| {
+                let port = free_port();
+                let conf = dir.path().join(format!("sentinel-{i}.conf"));
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "port {port}\nbind 127.0.0.1\ndir {}\n\
+                         sentinel monitor {MASTER_NAME} 127.0.0.1 {} 2\n\
+                         sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+                         sentinel failover-timeout {MASTER_NAME} 5000\n\
+                         sentinel parallel-syncs {MASTER_NAME} 1\n",
+                        dir.path().display(),
+                        master.port
+                    ),
+                )
+                .unwrap();
+                let child = Command::new("redis-sentinel")
+                    .arg(&conf)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-sentinel runs (apt-get install redis-sentinel)");
+                wait_for_ping(SocketAddr::from(([127, 0, 0, 1], port)));
+                (port, child)
+            })
+            .collect();
+        let setup = SentinelSetup {
+            master,
+            replica,
+            sentinels,
+            _dir: dir,
+        };
+        // Ready once every Sentinel knows the replica (it may be promoted) and the others.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for &(port, _) in &setup.sentinels {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            loop {
+                let replicas = command(addr, &[b"SENTINEL", b"REPLICAS", MASTER_NAME.as_bytes()]);
+                let sentinels = command(addr, &[b"SENTINEL", b"SENTINELS", MASTER_NAME.as_bytes()]);
+                if replicas.contains(&setup.replica.port.to_string())
+                    && sentinels.matches("127.0.0.1").count() >= 2
+                {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "sentinels never saw the replica");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        setup
+    }
+
+    /// `host:port` of each Sentinel.
+    pub fn addresses(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|(port, _)| format!("127.0.0.1:{port}"))
+            .collect()
+    }
+
+    /// The port the Sentinels name as the master now.
+    pub fn master_port(&self) -> Option<u16> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.sentinels[0].0));
+        let reply = command(
+            addr,
+            &[
+                b"SENTINEL",
+                b"GET-MASTER-ADDR-BY-NAME",
+                MASTER_NAME.as_bytes(),
+            ],
+        );
+        reply
+            .lines()
+            .filter_map(|l| l.trim().parse::<u16>().ok())
+            .find(|&p| p > 1024)
+    }
+
+    /// Has the Sentinels fail the master over to the replica, and waits until they name it.
+    pub fn fail_over(&self) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.sentinels[0].0));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.master_port() != Some(self.replica.port) {
+            command(addr, &[b"SENTINEL", b"FAILOVER", MASTER_NAME.as_bytes()]);
+            assert!(Instant::now() < deadline, "the failover never happened");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        // The new master takes writes once it has left replica mode.
+        while !self.replica.command(&[b"ROLE"]).contains("master") {
+            assert!(Instant::now() < deadline, "the replica never became master");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for SentinelSetup {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.sentinels {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A Redis Cluster of three masters (no replicas).
+pub struct ClusterSetup {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl ClusterSetup {
+    pub fn start() -> ClusterSetup {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ])
+            })
+            .collect();
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let out = create
+            .arg("--cluster-yes")
+            .output()
+            .expect("redis-cli runs (apt-get install redis-tools)");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for node in &nodes {
+            while !node
+                .command(&[b"CLUSTER", b"INFO"])
+                .contains("cluster_state:ok")
+            {
+                assert!(Instant::now() < deadline, "the cluster never came up");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        ClusterSetup { nodes }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect()
+    }
+}
