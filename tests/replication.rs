@@ -104,6 +104,7 @@ fn a_peer_announced_at_one_node_is_in_the_others_replies_within_a_second_and_a_s
         // The lag as the applying node measures it.
         assert!(metric(&b, "hayate_replication_lag_seconds_count") >= 1.0);
         assert_eq!(metric(&b, "hayate_replication_connected"), 1.0);
+        promtool_check(&b.server.metrics().render());
     }
 }
 
@@ -379,5 +380,75 @@ fn a_node_killed_with_sigkill_answers_with_its_swarms_once_ready_again() {
     let _ = second.wait();
     for port in 2101..2106 {
         assert!(peers.contains(&peer(port)), "{port} missing: {peers:?}");
+    }
+}
+
+/// Runs the binary on `config` for a moment; what it logged.
+fn log_of_a_short_run(config: &str) -> String {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), config).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hayate"))
+        .args(["--config", file.path().to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn redis_passwords_never_show_in_logs_or_errors() {
+    let redis = RedisServer::start_with(&["--requirepass", "right-password"]);
+    let base = format!(
+        "workers: 1\nudp: {{bind: [\"127.0.0.1:0\"]}}\nhttp: {{enabled: false}}\n\
+         metrics: {{enabled: false}}\nlog: {{level: info}}\n"
+    );
+    // A wrong password in the URL, a password file with the right one, and an unreachable
+    // server with a password: the tracker runs, says what is wrong, never the password.
+    let wrong = log_of_a_short_run(&format!(
+        "{base}replication: {{enabled: true, node_id: p1, warm_restart_timeout_secs: 1, \
+         redis: {{url: \"redis://:wrong-password@127.0.0.1:{}/0\"}}}}\n",
+        redis.port
+    ));
+    // One line for the outage, not one per attempt (it retries every 100 ms to 5 s).
+    assert_eq!(wrong.matches("cannot reach Redis").count(), 1, "{wrong}");
+    assert!(wrong.contains("redis://:***@127.0.0.1"), "{wrong}");
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "right-password\n").unwrap();
+    let right = log_of_a_short_run(&format!(
+        "{base}replication: {{enabled: true, node_id: p2, redis: {{url: \"{}\", password_file: \"{}\"}}}}\n",
+        redis.url(),
+        secret.path().display()
+    ));
+    assert!(right.contains("connected to Redis"), "{right}");
+    let unreachable = log_of_a_short_run(&format!(
+        "{base}replication: {{enabled: true, node_id: p3, warm_restart_timeout_secs: 1, \
+         redis: {{url: \"rediss://user:tls-password@127.0.0.1:1/0\"}}}}\n"
+    ));
+    assert!(unreachable.contains("cannot reach Redis"), "{unreachable}");
+    // A config error about the Redis section does not repeat the URL's password either.
+    let bad = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        bad.path(),
+        "replication: {enabled: true, node_id: x, redis: {cluster: {nodes: [\"http://:cluster-password@h:1\"]}}}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hayate"))
+        .args(["--check-config", bad.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{error}");
+    assert!(error.contains("replication.redis.cluster.nodes"), "{error}");
+    for (log, password) in [
+        (&wrong, "wrong-password"),
+        (&right, "right-password"),
+        (&unreachable, "tls-password"),
+        (&error.to_string(), "cluster-password"),
+    ] {
+        assert!(!log.contains(password), "{password} shown: {log}");
     }
 }

@@ -171,6 +171,7 @@ impl Prepared {
             instance: None,
             instance_key: format!("{prefix}:{{0}}:instance"),
             ever_connected: false,
+            said_unreachable: false,
             tick: Duration::from_millis(u64::from(self.config.flush_interval_ms)),
             warm_restart_timeout: Duration::from_secs(u64::from(
                 self.config.warm_restart_timeout_secs,
@@ -216,6 +217,8 @@ struct Node {
     instance: Option<String>,
     instance_key: String,
     ever_connected: bool,
+    /// The current outage was logged.
+    said_unreachable: bool,
     tick: Duration,
     warm_restart_timeout: Duration,
 }
@@ -297,7 +300,9 @@ impl Node {
             .and_then(|()| self.check_instance())
         {
             self.link.disconnect();
-            if self.ever_connected || self.backoff == Duration::from_millis(100) {
+            // Once per outage, not once per attempt.
+            if !self.said_unreachable {
+                self.said_unreachable = true;
                 tracing::warn!(
                     redis = %self.link.description(),
                     error = %e,
@@ -309,6 +314,7 @@ impl Node {
             return;
         }
         tracing::info!(redis = %self.link.description(), "replication: connected to Redis");
+        self.said_unreachable = false;
         self.status.connected.store(true, Ordering::Relaxed);
         self.backoff = Duration::from_millis(100);
         if self.ever_connected {
@@ -323,6 +329,8 @@ impl Node {
     /// Logs the outage once (not once per failed batch) and schedules the reconnect.
     fn lost(&mut self, error: &redis::RedisError) {
         self.link.disconnect();
+        // The reconnect attempts that follow are this outage: logged here, once.
+        self.said_unreachable = true;
         self.status.connected.store(false, Ordering::Relaxed);
         tracing::warn!(
             redis = %self.link.description(),

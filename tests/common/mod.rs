@@ -500,3 +500,28 @@ pub fn announce_target(info_hash: [u8; 20], peer: u8, port: u16, left: u64, extr
         urlencode(&peer_id(peer)),
     )
 }
+
+/// Fails unless `promtool check metrics` (Debian package prometheus) accepts `text`.
+pub fn promtool_check(text: &str) {
+    use std::process::{Command, Stdio};
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) must be installed");
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -135,7 +135,9 @@ pub fn wait_for_ping(addr: SocketAddr) {
             let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
             if s.write_all(b"PING\r\n").is_ok() {
                 let mut line = String::new();
-                if BufReader::new(&mut s).read_line(&mut line).is_ok() && line.starts_with("+PONG")
+                // (A server with a password answers, without it, that it wants one.)
+                if BufReader::new(&mut s).read_line(&mut line).is_ok()
+                    && (line.starts_with("+PONG") || line.starts_with("-NOAUTH"))
                 {
                     return;
                 }
