@@ -402,10 +402,8 @@ fn log_of_a_short_run(config: &str) -> String {
 #[test]
 fn redis_passwords_never_show_in_logs_or_errors() {
     let redis = RedisServer::start_with(&["--requirepass", "right-password"]);
-    let base = format!(
-        "workers: 1\nudp: {{bind: [\"127.0.0.1:0\"]}}\nhttp: {{enabled: false}}\n\
-         metrics: {{enabled: false}}\nlog: {{level: info}}\n"
-    );
+    let base = "workers: 1\nudp: {bind: [\"127.0.0.1:0\"]}\nhttp: {enabled: false}\n\
+                metrics: {enabled: false}\nlog: {level: info}\n";
     // A wrong password in the URL, a password file with the right one, and an unreachable
     // server with a password: the tracker runs, says what is wrong, never the password.
     let wrong = log_of_a_short_run(&format!(
