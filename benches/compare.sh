@@ -18,6 +18,9 @@
 # http-close-default-vs-opentracker  io_uring, default config (keep-alive) opentracker
 # udp-hooks                   io_uring, hooks on          io_uring, no hooks
 # http-hooks                  io_uring, hooks on          io_uring, no hooks
+# udp-replication             io_uring, replication on    io_uring, replication off (Redis on the
+#                                                         load tester's CPU; its CPU and traffic
+#                                                         over the B runs are printed)
 # udp-vs-baseline             io_uring, no hooks          BASELINE, io_uring, no hooks
 # http-vs-baseline            io_uring, no hooks          BASELINE, io_uring, no hooks
 #
@@ -31,7 +34,6 @@ HAYATE=${HAYATE:-$ROOT/target/release/hayate}
 BASELINE=${BASELINE:-$HAYATE}
 export REPEATS=${REPEATS:-5} DURATION=${DURATION:-20}
 CONF=$(mktemp -d)
-trap 'rm -rf "$CONF"' EXIT
 
 [ -x "$HAYATE" ] || (cd "$ROOT" && cargo build --release --locked)
 "$BENCH/references.sh" install >&2
@@ -57,6 +59,9 @@ config() {
       [ "${5:-}" = no-keep-alive ] && keep_alive=", keep_alive: false"
       echo "http: {bind: [\"127.0.0.1:$4\"], max_connections: 20000$keep_alive}"
     fi
+    if [ "${5:-}" = replication ]; then
+      echo "replication: {enabled: true, node_id: bench, redis: {url: \"redis://127.0.0.1:$REDIS_PORT/0\"}}"
+    fi
     if [ "${5:-}" = hooks ]; then
       # Every hook that can run under the load testers, each letting the load through, so the
       # whole chain runs on every request (jwt needs a signed token per request, which they
@@ -72,6 +77,25 @@ config() {
 }
 
 ref() { "$BENCH/references.sh" cmd "$@"; }
+
+# A Redis for the replication comparison, on the load tester's CPU, stopped on exit.
+REDIS_PORT=${REDIS_PORT:-6391}
+REDIS_PID=""
+start_redis() {
+  command -v redis-server >/dev/null || apt-get install -y -qq redis-server >&2
+  taskset -c 1 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+    --dir "$CONF" >/dev/null 2>&1 &
+  REDIS_PID=$!
+  for _ in $(seq 1 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && return; sleep 0.1; done
+  echo "redis-server did not start" >&2; return 1
+}
+# "<commands> <input bytes> <cpu ticks>" of the bench Redis
+redis_counters() {
+  local stat f
+  stat=$(< "/proc/$REDIS_PID/stat"); read -ra f <<< "${stat##*) }"
+  echo "$(redis-cli -p "$REDIS_PORT" info stats | tr -d '\r' | awk -F: '/^total_commands_processed:/{c=$2} /^total_net_input_bytes:/{b=$2} END{print c, b}') $(( f[11] + f[12] ))"
+}
+trap 'rm -rf "$CONF"; [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null' EXIT
 
 run() {
   local name=$1
@@ -89,15 +113,25 @@ run() {
     http-close-default-vs-opentracker) A=$(ref opentracker-http 3001); B="$HAYATE --config $(config b io_uring http 3001)"; P=http-close ;;
     udp-hooks) A="$HAYATE --config $(config a io_uring udp 3000)"; B="$HAYATE --config $(config b io_uring udp 3000 hooks)"; P=udp ;;
     http-hooks) A="$HAYATE --config $(config a io_uring http 3001)"; B="$HAYATE --config $(config b io_uring http 3001 hooks)"; P=http ;;
+    udp-replication) [ -n "$REDIS_PID" ] || start_redis; A="$HAYATE --config $(config a io_uring udp 3000)"; B="$HAYATE --config $(config b io_uring udp 3000 replication)"; P=udp ;;
     udp-vs-baseline) A="$BASELINE --config $(config base io_uring udp 3000)"; B="$HAYATE --config $(config b io_uring udp 3000)"; P=udp ;;
     http-vs-baseline) A="$BASELINE --config $(config base io_uring http 3001)"; B="$HAYATE --config $(config b io_uring http 3001)"; P=http ;;
     *) echo "unknown comparison $name" >&2; return 1 ;;
   esac
+  local before=""
+  [ "$name" = udp-replication ] && before=$(redis_counters)
   case $P in
     udp) MODE=compare TRACKER_CMD_A="$A" TRACKER_CMD_B="$B" "$BENCH/udp_bench.sh" ;;
     http) MODE=compare TRACKER_CMD_A="$A" TRACKER_CMD_B="$B" "$BENCH/http_bench.sh" ;;
     http-close) MODE=compare KEEP_ALIVE=false TRACKER_CMD_A="$A" TRACKER_CMD_B="$B" "$BENCH/http_bench.sh" ;;
   esac 2>&1 | grep -E "^(pair|ratio|#)"
+  if [ -n "$before" ]; then
+    # Over the B runs' load windows (REPEATS x DURATION; A does not use Redis).
+    local secs=$((REPEATS * DURATION)) hz; hz=$(getconf CLK_TCK)
+    read -r c0 b0 t0 <<< "$before"; read -r c1 b1 t1 <<< "$(redis_counters)"
+    awk -v c=$((c1 - c0)) -v b=$((b1 - b0)) -v t=$((t1 - t0)) -v s="$secs" -v hz="$hz" \
+      'BEGIN { printf "# redis: %.0f commands/s, %.0f bytes/s in, %.3f cores (over %d s of B runs)\n", c / s, b / s, t / hz / s, s }'
+  fi
 }
 
 if [ $# -eq 0 ]; then
