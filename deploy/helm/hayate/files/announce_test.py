@@ -40,10 +40,10 @@ def bvalue(data, key):
 
 
 def http_announce(port, event):
-    query = urllib.parse.urlencode({
-        "info_hash": INFO_HASH, "peer_id": peer_id(), "port": port, "uploaded": 0,
-        "downloaded": 0, "left": 1000, "event": event, "compact": 1,
-    })
+    # Every byte percent-encoded, as BitTorrent clients send them (urlencode would turn a
+    # 0x20 byte into "+").
+    query = "info_hash=%s&peer_id=%s&port=%d&uploaded=0&downloaded=0&left=1000&event=%s&compact=1" % (
+        urllib.parse.quote(INFO_HASH, safe=""), urllib.parse.quote(peer_id(), safe=""), port, event)
     host = "[%s]" % HOST if ":" in HOST else HOST
     url = "http://%s:%d/announce?%s" % (host, PORT, query)
     with urllib.request.urlopen(url, timeout=TIMEOUT) as reply:
