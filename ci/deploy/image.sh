@@ -311,7 +311,6 @@ else
 fi
 if [ "$failed" = 0 ]; then
   check image image_facts
-  check hadolint hadolint Dockerfile
   check pod-files pod_files
   default_reason=ENOSYS
   [ "$CLI" = docker ] && default_reason=EPERM

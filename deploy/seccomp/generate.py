@@ -8,8 +8,8 @@ containerd 2 and podman refuse.
 DEFAULT_PROFILE is the runtime's default profile in the Docker/OCI JSON format (default:
 podman's, /usr/share/containers/seccomp.json, from Debian's golang-github-containers-common);
 OUTPUT defaults to stdout. deploy/seccomp/hayate.json was written from Debian 12's podman default
-(containers-common 0.50.1) this way. Docker's default (profiles/seccomp/default.json in the Moby
-sources) works as input too, for a profile that differs from Docker's own only by io_uring.
+(containers-common 0.50.1) this way. Another runtime's default in the same format gives a
+profile that differs from that runtime's own only by io_uring.
 
 The profile keeps every other rule of its input as it is: io_uring is added in a rule of its
 own, and taken out of any rule that refuses it.
