@@ -6,7 +6,8 @@
 #     default of Debian 12 is installed)
 #   - the chart's config tree, defaults and schema match hayate's config.yaml key for key
 #   - helm lint --strict and helm template with the default values and each shape in
-#     deploy/helm/hayate/ci/*-values.yaml; values the chart must refuse are refused
+#     deploy/helm/hayate/ci/*-values.yaml, with helm 4 and helm 3 (the same renders); values
+#     the chart must refuse are refused
 #   - kubernetes-validate --strict on every render against Kubernetes 1.26 and 1.37 (the
 #     oldest and newest the chart supports), the Prometheus Operator objects against their CRDs
 #   - the config each render gives its pod passes `hayate --check-config`, with the Secrets as
@@ -86,7 +87,7 @@ versions() {
 }
 
 lint_images() {
-  hadolint Dockerfile ci/deploy/systemd-test.Containerfile
+  hadolint --no-color Dockerfile ci/deploy/systemd-test.Containerfile
   echo "hadolint $(hadolint --version | awk '{print $NF}'): no findings"
 }
 
@@ -139,6 +140,26 @@ render() {
   # shellcheck disable=SC2046
   helm template hayate "$CHART" $(values_of "$1") >"$WORK/$1.yaml"
   echo "$(grep -c '^kind:' "$WORK/$1.yaml") objects"
+}
+
+# helm 3 renders every shape as helm 4 does (the generated key and its checksum aside), and
+# its schema validator refuses what helm 4's does.
+helm3_same() {
+  local shape args n=0
+  for shape in $(shapes); do
+    # shellcheck disable=SC2046
+    helm3 lint --strict "$CHART" $(values_of "$shape") >/dev/null
+    # shellcheck disable=SC2046
+    helm3 template hayate "$CHART" $(values_of "$shape") >"$WORK/helm3-$shape.yaml"
+    diff <(grep -v 'checksum/secrets\|connection-id-secret:' "$WORK/helm3-$shape.yaml") \
+      <(grep -v 'checksum/secrets\|connection-id-secret:' "$WORK/$shape.yaml")
+    n=$((n + 1))
+  done
+  if helm3 template hayate "$CHART" --set replicaCount=3 >/dev/null 2>&1; then
+    echo "helm 3 rendered replicaCount=3 without replication"
+    return 1
+  fi
+  echo "$(helm3 version --template '{{.Version}}'): lint --strict and the same $n renders"
 }
 
 kube_validate() {
@@ -276,6 +297,7 @@ for shape in $(shapes); do
   check "pod-config@$shape" pod_config "$shape"
   check "checkov@$shape" checkov_chart "$shape"
 done
+check helm3 helm3_same
 check checkov-skips-justified skips_justified
 check refuse-replicas-without-replication refused "replication/enabled" --set replicaCount=3
 check refuse-connection-id-secret-in-values refused "connection_id_secret" \
