@@ -121,7 +121,7 @@ pub struct UdpConfig {
     pub enabled: bool,
     pub bind: Vec<SocketAddr>,
     pub connection_id_secret: String,
-    /// A file holding `connection_id_secret` (a Kubernetes Secret, a systemd credential), read
+    /// A file holding `connection_id_secret` (a Kubernetes Secret mounted as a file), read
     /// once at load; empty for none.
     pub connection_id_secret_file: String,
     pub connection_id_lifetime_secs: u32,
