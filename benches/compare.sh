@@ -113,7 +113,10 @@ run() {
     http-close-default-vs-opentracker) A=$(ref opentracker-http 3001); B="$HAYATE --config $(config b io_uring http 3001)"; P=http-close ;;
     udp-hooks) A="$HAYATE --config $(config a io_uring udp 3000)"; B="$HAYATE --config $(config b io_uring udp 3000 hooks)"; P=udp ;;
     http-hooks) A="$HAYATE --config $(config a io_uring http 3001)"; B="$HAYATE --config $(config b io_uring http 3001 hooks)"; P=http ;;
-    udp-replication) [ -n "$REDIS_PID" ] || start_redis; A="$HAYATE --config $(config a io_uring udp 3000)"; B="$HAYATE --config $(config b io_uring udp 3000 replication)"; P=udp ;;
+    # Each B run starts on an empty Redis: a warm restart of the last run's peers would
+    # give every run after the first a bigger store than A's.
+    udp-replication) [ -n "$REDIS_PID" ] || start_redis; A="$HAYATE --config $(config a io_uring udp 3000)"
+      B="bash -c 'redis-cli -p $REDIS_PORT flushall >/dev/null; exec $HAYATE --config $(config b io_uring udp 3000 replication)'"; P=udp ;;
     udp-vs-baseline) A="$BASELINE --config $(config base io_uring udp 3000)"; B="$HAYATE --config $(config b io_uring udp 3000)"; P=udp ;;
     http-vs-baseline) A="$BASELINE --config $(config base io_uring http 3001)"; B="$HAYATE --config $(config b io_uring http 3001)"; P=http ;;
     *) echo "unknown comparison $name" >&2; return 1 ;;

@@ -52,9 +52,15 @@ node_config bench-c 3005 "$C_METRICS" >"$WORK/c.yaml"
 taskset -c 1 "$HAYATE" --config "$WORK/c.yaml" 2>"$WORK/c.log" &
 PIDS+=("$!")
 
-# Keep the last scrape of both nodes' metrics (B's ends with its process).
+sum() { awk -v m="$1" '$0 !~ /^#/ && index($0, m) == 1 { s += $NF } END { printf "%.0f", s }' "$2"; }
+ANNOUNCES='hayate_requests_total{protocol="udp",action="announce"'
+# Keep the last scrape of both nodes' metrics (B's ends with its process), and B's announces
+# and published changes over time.
 ( while sleep 1; do
-    curl -fs "http://$B_METRICS/metrics" >"$WORK/b.tmp" 2>/dev/null && mv "$WORK/b.tmp" "$WORK/b.metrics"
+    if curl -fs "http://$B_METRICS/metrics" >"$WORK/b.tmp" 2>/dev/null; then
+      mv "$WORK/b.tmp" "$WORK/b.metrics"
+      echo "$(sum "$ANNOUNCES" "$WORK/b.metrics") $(sum hayate_replication_changes_published_total "$WORK/b.metrics")" >>"$WORK/b.series"
+    fi
     curl -fs "http://$C_METRICS/metrics" >"$WORK/c.tmp" 2>/dev/null && mv "$WORK/c.tmp" "$WORK/c.metrics"
   done ) &
 PIDS+=("$!")
@@ -65,12 +71,11 @@ redis_counters() {
   echo "$(redis-cli -p "$REDIS_PORT" info stats | tr -d '\r' | awk -F: '/^total_commands_processed:/{c=$2} /^total_net_input_bytes:/{b=$2} END{print c, b}') $(( f[11] + f[12] )) $EPOCHREALTIME"
 }
 before=$(redis_counters)
-TRACKER_CMD="$HAYATE --config $WORK/b.yaml" "$BENCH/udp_bench.sh" 2>&1 | grep -E "^(responses|tracker|peak|#)" || true
+REPEATS=1 TRACKER_CMD="$HAYATE --config $WORK/b.yaml" WORKDIR="$WORK/runs" "$BENCH/udp_bench.sh" 2>&1 | grep -E "^(responses|tracker|peak|#)" || true
 after=$(redis_counters)
 sleep 1.5
 
-sum() { awk -v m="$1" '$0 !~ /^#/ && index($0, m) == 1 { s += $NF } END { printf "%.0f", s }' "$2"; }
-announces=$(sum 'hayate_requests_total{protocol="udp",action="announce"' "$WORK/b.metrics")
+announces=$(sum "$ANNOUNCES" "$WORK/b.metrics")
 published=$(sum hayate_replication_changes_published_total "$WORK/b.metrics")
 batches=$(sum hayate_replication_batches_published_total "$WORK/b.metrics")
 bytes=$(sum hayate_replication_bytes_published_total "$WORK/b.metrics")
@@ -78,7 +83,15 @@ coalesced=$(sum hayate_replication_changes_coalesced_total "$WORK/b.metrics")
 dropped=$(sum hayate_replication_changes_dropped_total "$WORK/b.metrics")
 applied=$(sum hayate_replication_changes_applied_total "$WORK/c.metrics")
 echo "B: $announces announces answered, $published changes published ($(awk -v p="$published" -v a="$announces" 'BEGIN{printf "%.3f", p / a}') a change per announce), $coalesced coalesced away, $dropped dropped; $batches batches, $bytes bytes"
+grep -E '^hayate_replication_changes_dropped_total' "$WORK/b.metrics" | sed 's/^/B: /'
+cat "$WORK"/runs/*.tracker.log 2>/dev/null | grep -iE 'warn|error'  | head -5 | sed 's/^/B log: /' || true
+grep -iE 'warn|error' "$WORK/c.log" | head -5 | sed 's/^/C log: /' || true
 echo "C: $applied changes applied"
+# Early in a run most announces come from peers B has not seen yet (the load tester has 2M of
+# them): the ratio over the run's second half is nearer the steady state.
+awk 'NF == 2 && $1 > 0 { a[n] = $1; p[n] = $2; n++ }
+     END { h = int(n / 2); if (n < 4) exit;
+           printf "B, second half of the run: %.3f a change per announce (%d announces)\n", (p[n-1] - p[h]) / (a[n-1] - a[h]), a[n-1] - a[h] }' "$WORK/b.series"
 read -r c0 b0 t0 s0 <<< "$before"; read -r c1 b1 t1 s1 <<< "$after"
 awk -v c=$((c1 - c0)) -v b=$((b1 - b0)) -v t=$((t1 - t0)) -v s0="$s0" -v s1="$s1" -v hz="$(getconf CLK_TCK)" \
   'BEGIN { s = s1 - s0; printf "redis: %.0f commands/s, %.0f bytes/s in, %.3f cores (over the %.0f s run)\n", c / s, b / s, t / hz / s, s }'

@@ -36,7 +36,8 @@ fn redis(port: u16, args: &[&str]) -> String {
         request.push_str(&format!("${}\r\n{a}\r\n", a.len()));
     }
     s.write_all(request.as_bytes()).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let mut out = String::new();
     let mut reader = BufReader::new(s);
     let mut line = String::new();

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Runs every test of hayate on a Debian machine with a Rust toolchain (rustup, Rust >= 1.89):
 # installs the Debian packages the tests use (libtorrent, aria2, mktorrent, promtool, redis-server,
-# redis-sentinel, ...), then the Rust suite (unit, property, integration
-# and process tests), then the real-client transfers (libtorrent and aria2 through hayate).
+# redis-sentinel, ...), then the Rust suite (unit, property, integration, process, replication on
+# real Redis, the attack floods), then the real-client transfers (libtorrent and aria2 through
+# hayate, and between two replicated nodes), then the deployment tests: ci/deploy/check.sh
+# (Dockerfile, Helm chart, alerts, systemd unit; it installs its own tools) and
+# ci/deploy/image.sh (the image and the systemd unit, run under podman or Docker;
+# HAYATE_SKIP_IMAGE=1 leaves it out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,3 +38,7 @@ fi
 cargo build --locked --all-targets
 cargo test --locked --no-fail-fast
 ci/real_clients/run.sh target/debug/hayate
+HAYATE=target/debug/hayate ci/deploy/check.sh
+if [ "${HAYATE_SKIP_IMAGE:-0}" != 1 ]; then
+  ci/deploy/image.sh
+fi

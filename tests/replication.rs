@@ -450,3 +450,58 @@ fn redis_passwords_never_show_in_logs_or_errors() {
         assert!(!log.contains(password), "{password} shown: {log}");
     }
 }
+
+#[test]
+fn each_change_is_applied_once_however_many_batches_and_reads_it_takes() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a", EngineKind::Epoll);
+    let b = node(&redis, "b", EngineKind::Epoll);
+    // More changes than one read of every stream returns (100 entries each), straight into
+    // A's store: they reach the replication thread through the store's observer.
+    let mut response = hayate::bittorrent::AnnounceResponse::default();
+    let changes = 30_000u32;
+    for i in 0..changes {
+        let mut info_hash = [0u8; 20];
+        info_hash[..4].copy_from_slice(&i.to_le_bytes());
+        info_hash[19] = i as u8;
+        let request = hayate::bittorrent::AnnounceRequest {
+            info_hash: hayate::bittorrent::InfoHash(info_hash),
+            peer_id: hayate::bittorrent::PeerId([1; 20]),
+            peer_ip: "10.0.0.1".parse().unwrap(),
+            port: 6881,
+            uploaded: 0,
+            downloaded: 0,
+            left: 0,
+            event: hayate::bittorrent::AnnounceEvent::Started,
+            numwant: Some(0),
+            key: None,
+        };
+        a.server
+            .store()
+            .announce(
+                &request,
+                0,
+                hayate::swarm::PeerSelection::default(),
+                &mut response,
+            )
+            .unwrap();
+        if i % 1000 == 999 {
+            // The fallback queue holds 65,536: let the thread drain it now and then.
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&b, "hayate_replication_changes_applied_total") < f64::from(changes) {
+        assert!(Instant::now() < deadline, "not all applied");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        metric(&b, "hayate_replication_changes_applied_total"),
+        f64::from(changes)
+    );
+    assert_eq!(
+        metric(&b, "hayate_replication_lag_seconds_count"),
+        metric(&a, "hayate_replication_batches_published_total")
+    );
+}

@@ -4,6 +4,12 @@
 # the hayate tracker on loopback; the downloaded file is checked by sha256.
 #
 # Usage: ci/real_clients/run.sh PATH_TO_HAYATE_BINARY
+#        TRACKER_PORT=PORT [PEER_HOST=ADDR] ENGINES=LABEL ci/real_clients/run.sh
+#   The second form runs the cases against a tracker that is already listening on
+#   127.0.0.1:PORT (TCP and UDP; IPv4 cases only, not the replicated ones), such as a
+#   container's published port (ci/deploy/image.sh). ENGINES then only names the cases.
+#   PEER_HOST is the address the clients listen on: the one the tracker sees them from
+#   (behind a container runtime's port forwarding, its bridge's gateway, not 127.0.0.1).
 #
 # Needs (Debian): python3-libtorrent aria2 mktorrent iproute2 (ss), coreutils, and
 # redis-server (with redis-cli) for the replicated cases.
@@ -17,6 +23,7 @@ PY=/usr/bin/python3               # Debian's python, has libtorrent
 CASE_TIMEOUT="${CASE_TIMEOUT:-60}"  # hard limit per case, seconds
 # KEEP_WORK=1 keeps each case's temp dir (logs, alerts) for debugging.
 # CASES="a b" runs only the named cases; ENGINES="epoll io_uring" (the default) the engines.
+# TRACKER_PORT / PEER_HOST: see Usage.
 
 ALL_CASES=(
   libtorrent-http-ipv4
@@ -111,6 +118,9 @@ run_case() {
 
   WORK="$(mktemp -d -t hayate-real-clients.XXXXXX)"
   mkdir -p "$WORK/seed" "$WORK/leech"
+  # Where the clients listen: where the tracker sees them from.
+  local phost="$host"
+  if [[ -n "${PEER_HOST:-}" ]]; then phost="$PEER_HOST"; fi
 
   # --- tracker(s) ---------------------------------------------------------
   # A replicated case runs two nodes on one Redis: the seeder announces only to the first,
@@ -128,8 +138,7 @@ run_case() {
     done
     [[ "$up" == 1 ]] || { show "$WORK/redis.log"; fail "redis-server did not start"; }
   fi
-  local port port2="" tpid
-  port="$(free_port)" || fail "no free tracker port"
+  local port port2="" tpid=""
   start_tracker() {   # start_tracker PORT NAME
     local p="$1" name="$2"
     if [[ -n "$redis_port" ]]; then
@@ -170,8 +179,14 @@ EOF
     done
     [[ "$ok" == 1 ]] || { show "$WORK/$name.log"; fail "tracker $name not listening on tcp+udp :$p within 10s"; }
   }
-  start_tracker "$port" tracker
-  local tpids=("$tpid")
+  local tpids=()
+  if [[ -n "${TRACKER_PORT:-}" ]]; then
+    port="$TRACKER_PORT"      # someone else runs it
+  else
+    port="$(free_port)" || fail "no free tracker port"
+    start_tracker "$port" tracker
+    tpids+=("$tpid")
+  fi
   if [[ -n "$replicated" ]]; then
     port2="$(free_port)" || fail "no free tracker port"
     while [[ "$port2" == "$port" ]]; do port2="$(free_port)"; done
@@ -203,7 +218,7 @@ EOF
     local rc=0
     bg_wait timeout -k 3 "$inner" "$PY" "$HERE/transfer.py" pair \
       --torrent "$WORK/data.torrent" --data "$WORK/seed/data.bin" \
-      --seed-listen "$host:$sport" --leech-listen "$host:$lport" \
+      --seed-listen "$phost:$sport" --leech-listen "$phost:$lport" \
       --leech-dir "$WORK/leech" --timeout $((inner - 5)) "${leech_torrent[@]}" \
       --log "$WORK/alerts.log" >"$WORK/transfer.out" 2>&1 || rc=$?
     if [[ "$rc" != 0 ]]; then
@@ -220,7 +235,7 @@ EOF
   aria2)
     "$PY" "$HERE/transfer.py" seed \
       --torrent "$WORK/data.torrent" --data "$WORK/seed/data.bin" \
-      --seed-listen "$host:$sport" --ready-file "$WORK/seed.ready" \
+      --seed-listen "$phost:$sport" --ready-file "$WORK/seed.ready" \
       --timeout "$inner" --log "$WORK/alerts.log" >"$WORK/seed.out" 2>&1 &
     local spid=$!
     PIDS+=("$spid")
@@ -283,15 +298,25 @@ fi
 # ---------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------
-[[ $# -eq 1 ]] || die "usage: $0 PATH_TO_HAYATE_BINARY"
-HAYATE="$(realpath "$1")"
-[[ -x "$HAYATE" ]] || die "not executable: $HAYATE"
+if [[ -n "${TRACKER_PORT:-}" ]]; then
+  [[ $# -eq 0 ]] || die "usage: TRACKER_PORT=PORT $0 (no binary: the tracker runs already)"
+  HAYATE=-
+  for case_name in "${CASES[@]}"; do
+    [[ "$case_name" == *-ipv4 ]] || die "TRACKER_PORT: IPv4 cases only, not $case_name"
+  done
+else
+  [[ $# -eq 1 ]] || die "usage: $0 PATH_TO_HAYATE_BINARY"
+  HAYATE="$(realpath "$1")"
+  [[ -x "$HAYATE" ]] || die "not executable: $HAYATE"
+fi
 for tool in "$PY" aria2c mktorrent ss timeout sha256sum; do
   command -v "$tool" >/dev/null || die "missing tool: $tool"
 done
 "$PY" -c 'import libtorrent' 2>/dev/null || die "$PY has no libtorrent (apt install python3-libtorrent)"
 
-echo "hayate: $("$HAYATE" --version 2>&1 | head -n1 || true); libtorrent $("$PY" -c 'import libtorrent; print(libtorrent.__version__)'); $(aria2c --version | head -n1)" >&2
+tracker="hayate: $("$HAYATE" --version 2>&1 | head -n1 || true)"
+[[ -n "${TRACKER_PORT:-}" ]] && tracker="tracker: 127.0.0.1:$TRACKER_PORT, peers on ${PEER_HOST:-127.0.0.1}"
+echo "$tracker; libtorrent $("$PY" -c 'import libtorrent; print(libtorrent.__version__)'); $(aria2c --version | head -n1)" >&2
 
 passed=0
 failed=0

@@ -24,6 +24,10 @@ pub const DEFAULT_YAML: &str = include_str!("../../config.yaml");
 /// `file`. Without a cap, `--config /dev/zero` would read until memory ran out.
 pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 
+/// Largest `udp.connection_id_secret_file`: 32 hex characters and a line end, with room for
+/// whitespace around them.
+pub const MAX_SECRET_FILE_BYTES: u64 = 4096;
+
 // Bounds of numeric keys: generous for any real deployment, and small enough that no value
 // overflows, allocates without bound, or is silently cut short by what consumes it.
 
@@ -122,6 +126,9 @@ pub struct UdpConfig {
     pub enabled: bool,
     pub bind: Vec<SocketAddr>,
     pub connection_id_secret: String,
+    /// A file holding `connection_id_secret` (a Kubernetes Secret mounted as a file), read
+    /// once at load; empty for none.
+    pub connection_id_secret_file: String,
     pub connection_id_lifetime_secs: u32,
     pub batch_size: usize,
     pub socket_recv_buffer_bytes: usize,
@@ -251,6 +258,7 @@ impl Default for UdpConfig {
             enabled: true,
             bind: all_addresses(6969),
             connection_id_secret: String::new(),
+            connection_id_secret_file: String::new(),
             connection_id_lifetime_secs: 120,
             batch_size: 64,
             socket_recv_buffer_bytes: 8 * 1024 * 1024,
@@ -367,12 +375,44 @@ impl Config {
         } else {
             serde_saphyr::from_str::<Config>(text).map_err(|e| parse_error(text, &e))?
         };
-        config.validate().map_err(|(key, message)| ConfigError {
-            line: locate::line_of_key(text, &key),
-            key: Some(key),
-            message,
-        })?;
+        let mut config = config;
+        config
+            .validate()
+            .and_then(|()| config.read_secret_files())
+            .map_err(|(key, message)| ConfigError {
+                line: locate::line_of_key(text, &key),
+                key: Some(key),
+                message,
+            })?;
         Ok(config)
+    }
+
+    /// Reads the secrets that the config names files for into the keys they stand for. Errors
+    /// never quote the file's contents.
+    fn read_secret_files(&mut self) -> Result<(), (String, String)> {
+        const KEY: &str = "udp.connection_id_secret_file";
+        let path = &self.udp.connection_id_secret_file;
+        if path.is_empty() {
+            return Ok(());
+        }
+        if !self.udp.connection_id_secret.is_empty() {
+            return Err((
+                KEY.into(),
+                "set udp.connection_id_secret or udp.connection_id_secret_file, not both".into(),
+            ));
+        }
+        let bytes = read_capped(Path::new(path), MAX_SECRET_FILE_BYTES, "secret file")
+            .map_err(|e| (KEY.to_string(), format!("{e:#}")))?;
+        // A line end (`echo KEY > file`, most Secret tools) or spaces around the key are fine.
+        let key = std::str::from_utf8(&bytes).map(str::trim).unwrap_or("");
+        if parse_hex_key(key).is_none() {
+            return Err((
+                KEY.into(),
+                format!("{path} must hold 32 hex characters (16 bytes)"),
+            ));
+        }
+        self.udp.connection_id_secret = key.to_string();
+        Ok(())
     }
 
     /// Checks what types alone cannot; returns the dotted key and why.
@@ -769,6 +809,48 @@ mod tests {
     #[test]
     fn the_embedded_config_equals_the_built_in_defaults() {
         assert_eq!(Config::embedded(), Config::default());
+    }
+
+    #[test]
+    fn the_connection_id_secret_is_read_from_its_file_without_the_line_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "00112233445566778899aabbccddeeff\n").unwrap();
+        let yaml = format!("udp:\n  connection_id_secret_file: {}\n", path.display());
+        let config = Config::from_yaml(&yaml).unwrap();
+        assert_eq!(
+            config.udp.connection_id_secret,
+            "00112233445566778899aabbccddeeff"
+        );
+    }
+
+    #[test]
+    fn a_bad_connection_id_secret_file_is_refused_without_quoting_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("short");
+        std::fs::write(&short, "0011secret").unwrap();
+        let large = dir.path().join("large");
+        std::fs::write(&large, "0".repeat(MAX_SECRET_FILE_BYTES as usize + 1)).unwrap();
+        let missing = dir.path().join("missing");
+        let key = "udp.connection_id_secret_file";
+        for path in [&short, &large, &missing] {
+            let yaml = format!(
+                "log:\n  level: info\nudp:\n  connection_id_secret_file: {}\n",
+                path.display()
+            );
+            let (k, l, message) = refused(&yaml);
+            assert_eq!((k.as_deref(), l), (Some(key), Some(4)), "{message}");
+            assert!(message.contains(&*path.to_string_lossy()), "{message}");
+            assert!(!message.contains("0011secret"), "{message}");
+        }
+        let both = format!(
+            "udp:\n  connection_id_secret: 00112233445566778899aabbccddeeff\n  \
+             connection_id_secret_file: {}\n",
+            short.display()
+        );
+        let (k, _, message) = refused(&both);
+        assert_eq!(k.as_deref(), Some(key), "{message}");
+        assert!(message.contains("not both"), "{message}");
     }
 
     #[test]

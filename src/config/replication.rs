@@ -173,10 +173,15 @@ impl ReplicationConfig {
         let redis = &self.redis;
         match redis.mode() {
             RedisMode::Cluster => {
-                if let Some(node) = redis.cluster.nodes.iter().find(|n| !valid_redis_url(n)) {
+                let valid =
+                    |n: &String| valid_redis_url(n) || (!n.contains("://") && n.contains(':'));
+                if let Some(node) = redis.cluster.nodes.iter().find(|n| !valid(n)) {
                     return fail(
                         "redis.cluster.nodes",
-                        format!("`{}` is not a redis:// or rediss:// URL", redact_url(node)),
+                        format!(
+                            "`{}` is not host:port or a redis:// or rediss:// URL",
+                            redact_url(node)
+                        ),
                     );
                 }
                 if !redis.sentinel.master_name.is_empty() {

@@ -90,7 +90,9 @@ impl Link {
                 (Target::Sentinel(Box::new(client)), description)
             }
             RedisMode::Cluster => {
-                let mut builder = ClusterClient::builder(redis.cluster.nodes.clone())
+                let nodes: Vec<String> =
+                    redis.cluster.nodes.iter().map(|n| with_scheme(n)).collect();
+                let mut builder = ClusterClient::builder(nodes)
                     .connection_timeout(timeout)
                     .response_timeout(timeout);
                 if let Some(password) = &password {

@@ -19,13 +19,11 @@
 //! the same keys give both the feed and the state. Hash tags put each stream in its own
 //! Cluster slot.
 
+mod backlog;
 mod link;
 pub mod outbox;
 pub mod record;
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -33,9 +31,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use redis::Value;
 
+use self::backlog::Backlog;
 use self::link::Link;
 use self::outbox::{Inboxes, WorkerOutbox};
-use self::record::{BatchWriter, Change, decode};
+use self::record::{BatchWriter, Change, decode, decode_header};
 use crate::bittorrent::InfoHash;
 use crate::config::ReplicationConfig;
 use crate::engine::Shutdown;
@@ -158,9 +157,8 @@ impl Prepared {
             origin: self.origin,
             keys,
             read_ids: std::array::from_fn(|_| None),
-            backlog: HashMap::default(),
-            max_backlog: self.config.max_backlog,
-            writer: BatchWriter::new(),
+            backlog: Backlog::new(self.config.max_backlog),
+            writers: std::array::from_fn(|_| BatchWriter::new()),
             changes: Vec::new(),
             status: status.clone(),
             redis_offset_ms: 0,
@@ -197,11 +195,9 @@ struct Node {
     keys: [String; PARTITIONS],
     /// The last entry read from each stream; `None` before the first load.
     read_ids: [Option<String>; PARTITIONS],
-    /// One change per peer, waiting to be published (coalesced: a later change of a peer
-    /// replaces its earlier one).
-    backlog: HashMap<(InfoHash, SocketAddr), Change, foldhash::fast::RandomState>,
-    max_backlog: usize,
-    writer: BatchWriter,
+    backlog: Backlog,
+    /// One batch being written per partition.
+    writers: [BatchWriter; PARTITIONS],
     changes: Vec<Change>,
     status: Arc<ReplicationStatus>,
     /// Redis's clock minus ours: stream ids are Redis time.
@@ -273,12 +269,16 @@ impl Node {
         }
     }
 
-    /// Moves what the workers handed over into the backlog, one change per peer.
+    /// Moves what the workers handed over into the backlog, a queue's worth at a time.
     fn drain(&mut self) {
         for inbox in &mut self.inboxes {
-            while let Ok(change) = inbox.pop() {
-                coalesce(&mut self.backlog, self.max_backlog, &self.status, change);
-            }
+            let Ok(chunk) = inbox.read_chunk(inbox.slots()) else {
+                continue;
+            };
+            let (first, second) = chunk.as_slices();
+            self.backlog.extend(first, &self.status);
+            self.backlog.extend(second, &self.status);
+            chunk.commit_all();
         }
         let drops: u64 = self
             .worker_metrics
@@ -410,6 +410,9 @@ impl Node {
                     start = format!("({id}");
                     last = Some(id);
                 }
+                // Workers serve (and hand over changes) while a node loads: keep their
+                // queues from filling.
+                self.drain();
                 if n < ENTRIES_PER_READ {
                     break;
                 }
@@ -438,7 +441,7 @@ impl Node {
     /// Queues every local peer again (after changes were lost).
     fn republish_local_peers(&mut self) {
         self.lost_changes = false;
-        let (backlog, max, status) = (&mut self.backlog, self.max_backlog, &*self.status);
+        let (backlog, status) = (&mut self.backlog, &*self.status);
         let mut peers = 0;
         self.store
             .for_each_local_peer(|info_hash, peer, peer_id, seeder| {
@@ -450,7 +453,7 @@ impl Node {
                     seeder,
                     completed: false,
                 };
-                coalesce(backlog, max, status, change);
+                backlog.push(change, status);
             });
         tracing::info!(peers, "replication: publishing this node's peers again");
     }
@@ -462,42 +465,49 @@ impl Node {
         }
         let created_ms = unix_ms();
         let ttl = self.store.remote_lifetime_secs();
-        let cutoff = self.redis_now_ms().saturating_sub(self.window_ms());
         let window_ms = self.window_ms();
-        let mut by_partition: [Vec<&Change>; PARTITIONS] = std::array::from_fn(|_| Vec::new());
-        for change in self.backlog.values() {
-            by_partition[partition(change.info_hash())].push(change);
-        }
+        let cutoff = self.redis_now_ms().saturating_sub(window_ms);
         let mut cmds = Vec::new();
-        let mut bytes = 0;
-        let mut batches = 0;
-        for (p, changes) in by_partition.iter().enumerate() {
-            for chunk in changes.chunks(CHANGES_PER_BATCH) {
-                self.writer.start(self.origin, created_ms, ttl);
-                chunk.iter().for_each(|c| self.writer.push(c));
-                let batch = self.writer.finish();
-                bytes += batch.len();
-                batches += 1;
-                cmds.push(
-                    redis::cmd("XADD")
-                        .arg(&self.keys[p])
-                        .arg("MINID")
-                        .arg("~")
-                        .arg(cutoff)
-                        .arg("*")
-                        .arg("d")
-                        .arg(batch)
-                        .to_owned(),
-                );
+        let (mut bytes, mut batches) = (0, 0);
+        let mut xadd = |key: &str, batch: &[u8]| {
+            bytes += batch.len();
+            batches += 1;
+            redis::cmd("XADD")
+                .arg(key)
+                .arg("MINID")
+                .arg("~")
+                .arg(cutoff)
+                .arg("*")
+                .arg("d")
+                .arg(batch)
+                .to_owned()
+        };
+        let mut touched = [false; PARTITIONS];
+        // One pass in arrival order: each change to its torrent's partition.
+        for change in self.backlog.changes() {
+            let p = partition(change.info_hash());
+            let writer = &mut self.writers[p];
+            if !touched[p] {
+                touched[p] = true;
+                writer.start(self.origin, created_ms, ttl);
             }
-            if !changes.is_empty() {
-                cmds.push(
-                    redis::cmd("PEXPIRE")
-                        .arg(&self.keys[p])
-                        .arg(window_ms)
-                        .to_owned(),
-                );
+            writer.push(change);
+            if writer.len() == CHANGES_PER_BATCH {
+                cmds.push(xadd(&self.keys[p], writer.finish()));
+                writer.start(self.origin, created_ms, ttl);
             }
+        }
+        for p in (0..PARTITIONS).filter(|&p| touched[p]) {
+            let writer = &mut self.writers[p];
+            if !writer.is_empty() {
+                cmds.push(xadd(&self.keys[p], writer.finish()));
+            }
+            cmds.push(
+                redis::cmd("PEXPIRE")
+                    .arg(&self.keys[p])
+                    .arg(window_ms)
+                    .to_owned(),
+            );
         }
         cmds.push(
             redis::cmd("PEXPIRE")
@@ -563,6 +573,10 @@ impl Node {
     /// Applies one stream entry; returns the changes applied. Entries this node wrote are
     /// skipped unless `own_too` (a restarted node takes back its own peers).
     fn apply(&mut self, id: &str, data: &[u8], own_too: bool) -> usize {
+        // Every node reads its own batches back from the shared streams: skip them unread.
+        if !own_too && decode_header(data).is_ok_and(|h| h.origin == self.origin) {
+            return 0;
+        }
         let header = match decode(data, &mut self.changes) {
             Ok(header) => header,
             Err(e) => {
@@ -615,39 +629,6 @@ impl Node {
         }
         ReplicationStatus::add(&self.status.applied, applied as u64);
         applied
-    }
-}
-
-/// Adds a change to the backlog, replacing the peer's earlier one; a new peer past `max` is
-/// dropped and counted.
-fn coalesce(
-    backlog: &mut HashMap<(InfoHash, SocketAddr), Change, foldhash::fast::RandomState>,
-    max: usize,
-    status: &ReplicationStatus,
-    change: Change,
-) {
-    let len = backlog.len();
-    match backlog.entry((*change.info_hash(), change.peer())) {
-        Entry::Occupied(mut earlier) => {
-            let mut change = change;
-            // A first `completed` is counted where it is applied: a later change of the
-            // same peer must not erase it.
-            if let (
-                Change::Announced {
-                    completed: true, ..
-                },
-                Change::Announced { completed, .. },
-            ) = (earlier.get(), &mut change)
-            {
-                *completed = true;
-            }
-            earlier.insert(change);
-            ReplicationStatus::add(&status.coalesced, 1);
-        }
-        Entry::Vacant(slot) if len < max => {
-            slot.insert(change);
-        }
-        Entry::Vacant(_) => ReplicationStatus::add(&status.dropped_backlog, 1),
     }
 }
 
@@ -736,49 +717,6 @@ fn streams_of(reply: &Value) -> Vec<(&[u8], Vec<StreamEntry<'_>>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_backlog_keeps_one_change_per_peer_and_a_bound() {
-        let status = ReplicationStatus::default();
-        let mut backlog = HashMap::default();
-        let change = |port: u16, seeder: bool| Change::Announced {
-            info_hash: InfoHash([1; 20]),
-            peer: SocketAddr::from(([10, 0, 0, 1], port)),
-            peer_id: crate::bittorrent::PeerId([0; 20]),
-            seeder,
-            completed: false,
-        };
-        coalesce(&mut backlog, 2, &status, change(1, false));
-        coalesce(&mut backlog, 2, &status, change(1, true));
-        // A first `completed` survives a later change of the peer.
-        let completed = Change::Announced {
-            info_hash: InfoHash([1; 20]),
-            peer: SocketAddr::from(([10, 0, 0, 1], 9)),
-            peer_id: crate::bittorrent::PeerId([0; 20]),
-            seeder: true,
-            completed: true,
-        };
-        let mut merged = HashMap::default();
-        coalesce(&mut merged, 2, &status, completed);
-        coalesce(&mut merged, 2, &status, change(9, false));
-        assert!(matches!(
-            merged.values().next(),
-            Some(Change::Announced {
-                completed: true,
-                seeder: false,
-                ..
-            })
-        ));
-        coalesce(&mut backlog, 2, &status, change(2, true));
-        coalesce(&mut backlog, 2, &status, change(3, true));
-        assert_eq!(backlog.len(), 2);
-        assert_eq!(
-            backlog[&(InfoHash([1; 20]), SocketAddr::from(([10, 0, 0, 1], 1)))],
-            change(1, true)
-        );
-        assert_eq!(status.coalesced.load(Ordering::Relaxed), 2);
-        assert_eq!(status.dropped_backlog.load(Ordering::Relaxed), 1);
-    }
 
     #[test]
     fn entries_of_another_shape_are_left_out_of_a_reply() {

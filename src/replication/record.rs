@@ -155,20 +155,26 @@ pub enum RecordError {
     WrongCount,
 }
 
-/// Reads a batch: its header, and its changes, all checked before any is returned (a batch is
-/// applied whole or not at all).
-pub fn decode(bytes: &[u8], changes: &mut Vec<Change>) -> Result<BatchHeader, RecordError> {
-    changes.clear();
+/// A batch's header alone: enough for a node to skip its own batches without reading them.
+pub fn decode_header(bytes: &[u8]) -> Result<BatchHeader, RecordError> {
     if bytes.len() < HEADER_BYTES || &bytes[..4] != MAGIC {
         return Err(RecordError::NotABatch);
     }
     let mut r = Reader(&bytes[4..]);
-    let header = BatchHeader {
+    Ok(BatchHeader {
         origin: r.u64()?,
         created_ms: r.u64()?,
         ttl_secs: r.u32()?,
         count: r.u32()?,
-    };
+    })
+}
+
+/// Reads a batch: its header, and its changes, all checked before any is returned (a batch is
+/// applied whole or not at all).
+pub fn decode(bytes: &[u8], changes: &mut Vec<Change>) -> Result<BatchHeader, RecordError> {
+    changes.clear();
+    let header = decode_header(bytes)?;
+    let mut r = Reader(&bytes[HEADER_BYTES..]);
     while !r.0.is_empty() {
         if changes.len() >= header.count as usize {
             changes.clear();
