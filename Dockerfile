@@ -10,15 +10,21 @@
 FROM rust:1-bookworm AS build
 ARG CARGO_BUILD_JOBS
 WORKDIR /src
+# A failure anywhere in a pipe fails the step.
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 # The dependencies first, in a layer of their own: it is rebuilt only when Cargo.toml or
-# Cargo.lock change. Stub sources stand in for hayate's (the benches only need to exist), and
-# hayate's own artifacts are removed afterwards so that the real sources always rebuild.
+# Cargo.lock change. Stub sources stand in for hayate's (the benches and the tests Cargo.toml
+# names only need to exist: their files are read off Cargo.toml), and hayate's own artifacts
+# are removed afterwards so that the real sources always rebuild.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src benches \
+RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
-    && for bench in codec store hooks udp_path; do echo 'fn main() {}' > "benches/$bench.rs"; done \
+    && awk '/^\[\[(bench|test)\]\]/ { kind = $0; next } /^\[/ { kind = "" } \
+            kind ~ /bench/ && $1 == "name" { gsub(/"/, "", $3); print "benches/" $3 ".rs" } \
+            kind ~ /test/ && $1 == "path" { gsub(/"/, "", $3); print $3 }' Cargo.toml \
+       | while read -r stub; do mkdir -p "$(dirname "$stub")" && echo 'fn main() {}' > "$stub"; done \
     && cargo build --release --locked \
     && rm -rf src target/release/hayate target/release/deps/hayate-* \
         target/release/deps/libhayate-* target/release/.fingerprint/hayate-*

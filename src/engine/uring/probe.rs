@@ -45,7 +45,10 @@ pub fn probe(settings: &RingSettings) -> Result<(), String> {
 
 fn describe(e: &io::Error, what: &str) -> String {
     match e.raw_os_error() {
-        Some(libc::ENOSYS) => format!("{what}: io_uring is not in this kernel (ENOSYS)"),
+        Some(libc::ENOSYS) => format!(
+            "{what}: io_uring is not in this kernel, or a seccomp policy hides it (ENOSYS: \
+             podman's default profile does; deploy/seccomp/hayate.json allows it)"
+        ),
         Some(libc::EPERM) => format!(
             "{what}: io_uring is forbidden here (EPERM: a seccomp policy such as Docker 25+ or \
              containerd 2 defaults, or sysctl kernel.io_uring_disabled)"
