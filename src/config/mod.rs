@@ -366,6 +366,12 @@ impl Config {
     }
 
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        // YAML breaks lines at \r\n, \r and \n; the key/line lookup splits at \n only. One
+        // kind of break for both, so that an error names the line and key the parser meant
+        // (the fuzzer found an old-Mac `\r` file named a key on a line that was not there).
+        if text.contains('\r') {
+            return Config::from_yaml(&text.replace("\r\n", "\n").replace('\r', "\n"));
+        }
         // An empty document (or one of only comments) means "all defaults".
         let config = if text.lines().all(|l| {
             let l = l.trim();
@@ -1177,6 +1183,18 @@ mod tests {
         assert_eq!(describe_bytes(16 << 20), "16 MiB (16777216 bytes)");
         assert_eq!(describe_bytes(1 << 30), "1 GiB (1073741824 bytes)");
         assert_eq!(describe_bytes(1000), "1000 bytes");
+    }
+
+    #[test]
+    fn lines_broken_by_carriage_returns_alone_are_counted_as_yaml_counts_them() {
+        // Found by the fuzzer: the parser counted `\r` as a line break and the key lookup did
+        // not, so the error named a line the lookup never saw.
+        let err = Config::from_yaml("log:\r  level: info\rswarm:\r  shards: 3\r").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("swarm.shards"), "{err}");
+        assert_eq!(err.line, Some(4), "{err}");
+        let err =
+            Config::from_yaml("log:\r\n  level: info\r\nhttp:\r\n  bogus: 1\r\n").unwrap_err();
+        assert_eq!(err.line, Some(4), "{err}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 pub use client_approval::{ClientApproval, ClientApprovalConfig};
 pub use interval_variation::{IntervalVariation, IntervalVariationConfig};
-pub use jwt::{Jwt, JwtConfig};
+pub use jwt::{Jwt, JwtConfig, usable_keys_in_set};
 pub use torrent_approval::{TorrentApproval, TorrentApprovalConfig};
 
 use crate::bittorrent::{

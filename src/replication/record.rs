@@ -151,6 +151,7 @@ pub enum RecordError {
     NotABatch,
     Truncated,
     UnknownChange(u8),
+    UnknownFlags(u8),
     /// More or fewer changes than the header says.
     WrongCount,
 }
@@ -229,6 +230,10 @@ impl Reader<'_> {
             ANNOUNCED_V4 | ANNOUNCED_V6 => {
                 let peer_id = PeerId(self.take()?);
                 let [flags] = self.take()?;
+                // Strict: one encoding per batch, so what a node decodes is what was meant.
+                if flags & !(SEEDER | COMPLETED) != 0 {
+                    return Err(RecordError::UnknownFlags(flags));
+                }
                 Change::Announced {
                     info_hash,
                     peer,
@@ -315,6 +320,13 @@ mod tests {
         let mut wrong_count = good.clone();
         wrong_count[HEADER_BYTES - 1] = 3;
         assert_eq!(decode(&wrong_count, &mut out), Err(RecordError::WrongCount));
+        let mut bad_flags = good.clone();
+        // The first change's flags: after the header, tag, hash, IPv4, port and peer id.
+        bad_flags[HEADER_BYTES + 1 + 20 + 4 + 2 + 20] |= 0x80;
+        assert_eq!(
+            decode(&bad_flags, &mut out),
+            Err(RecordError::UnknownFlags(0x81))
+        );
         let mut bad_tag = good.clone();
         bad_tag[HEADER_BYTES] = 9;
         assert_eq!(

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Builds the fuzz targets with AFL++ (cargo-afl, stable Rust) and fuzzes each for SECS
+# seconds from its seeds, then prints a table: executions, coverage (AFL's bitmap), corpus,
+# crashes and hangs. A crash is copied into fuzz/regressions/<target>/ (tests/replay.rs then
+# runs it in every `cargo test`) and fails the run.
+#
+#   fuzz/run.sh [SECS] [TARGET...]      SECS=10 by default (CI); 600 for a real run
+#
+# Needs cargo-afl (`cargo install --locked cargo-afl`; it builds AFL++ with the C compiler).
+set -euo pipefail
+cd "$(dirname "$0")"
+SECS=${1:-10}
+shift || true
+TARGETS=("$@")
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(udp_request http_request http_connection config jwt replication_record)
+command -v cargo-afl >/dev/null || cargo install --locked cargo-afl >&2
+[ -d seeds ] || cargo run -q --locked --bin write_seeds
+cargo afl build --release --locked --features afl >&2
+export AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_UI=1 AFL_NO_AFFINITY=1
+
+stat() { sed -n "s/^$1 *: *//p" "$2"; }
+crashes_total=0
+printf '| target | seconds | executions | execs/s | coverage | corpus | crashes | hangs |\n|---|---|---|---|---|---|---|---|\n'
+for t in "${TARGETS[@]}"; do
+  out="out/$t"
+  rm -rf "$out"
+  mkdir -p out
+  cargo afl fuzz -V "$SECS" -i "seeds/$t" -o "$out" "target/release/$t" >"out/$t.log" 2>&1 || {
+    echo "afl-fuzz failed on $t:" >&2; tail -20 "out/$t.log" >&2; exit 1; }
+  s="$out/default/fuzzer_stats"
+  crashes=$(stat saved_crashes "$s")
+  printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" "$(stat run_time "$s")" \
+    "$(stat execs_done "$s")" "$(stat execs_per_sec "$s")" "$(stat bitmap_cvg "$s")" \
+    "$(stat corpus_count "$s")" "$crashes" "$(stat saved_hangs "$s")"
+  if [ "$crashes" != 0 ]; then
+    mkdir -p "regressions/$t"
+    cp "$out"/default/crashes/id:* "regressions/$t/"
+    crashes_total=$((crashes_total + crashes))
+  fi
+done
+if [ "$crashes_total" != 0 ]; then
+  echo "fuzz: $crashes_total crashes, copied into fuzz/regressions/" >&2
+  exit 1
+fi
