@@ -21,7 +21,8 @@ DENY_VERSION=0.20.2
 
 if [ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $DENY_VERSION" ]; then
   echo "supply_chain: installing cargo-deny $DENY_VERSION" >&2
-  # Without cargo-deny's fat LTO: the build takes half the time, and a check takes 2 s anyway.
+  # Without cargo-deny's fat LTO: 5.4 min instead of 9.8 with one compiler job; a check takes
+  # seconds either way.
   CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
     cargo install --locked --quiet "cargo-deny@$DENY_VERSION"
 fi
