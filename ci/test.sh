@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Runs every test of hayate on a Debian machine with a Rust toolchain (rustup, Rust >= 1.89):
 # installs the Debian packages the tests use (libtorrent, aria2, mktorrent, promtool, redis-server,
-# redis-sentinel, ...), then the Rust suite (unit, property, integration, process, replication on
-# real Redis, the attack floods), then the real-client transfers (libtorrent and aria2 through
-# hayate, and between two replicated nodes), then the deployment tests: ci/deploy/check.sh
-# (Dockerfile, Helm chart, alerts, systemd unit; it installs its own tools) and
-# ci/deploy/image.sh (the image and the systemd unit, run under podman or Docker;
-# HAYATE_SKIP_IMAGE=1 leaves it out).
+# redis-sentinel, ...), then the supply-chain check (ci/supply_chain.sh: cargo deny on Cargo.lock,
+# offline on ../shared/advisory-db; it installs cargo-deny), then the Rust suite (unit, property,
+# integration, process, replication on real Redis, the attack floods), then the real-client
+# transfers (libtorrent and aria2 through hayate, and between two replicated nodes), then the
+# deployment tests: ci/deploy/check.sh (Dockerfile, Helm chart, alerts, systemd unit; it installs
+# its own tools) and ci/deploy/image.sh (the image and the systemd unit, run under podman or
+# Docker; HAYATE_SKIP_IMAGE=1 leaves it out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +36,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+ci/supply_chain.sh
 cargo build --locked --all-targets
 cargo test --locked --no-fail-fast
 ci/real_clients/run.sh target/debug/hayate
