@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use hayate::config::{Config, EngineKind};
+use hayate::middleware::{JwtConfig, PreHookConfig};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
@@ -407,6 +408,167 @@ fn exp_and_nbf_follow_the_tracker_clock_with_the_configured_leeway() {
             );
         }
     }
+}
+
+/// Claims as Quay issues them: `iss`, `aud` (the announce URL) and the info hash in hex, and
+/// no `exp`, `nbf` nor `iat`.
+fn quay_claims(info_hash: [u8; 20]) -> serde_json::Value {
+    let mut c = claims(info_hash);
+    c.as_object_mut().unwrap().remove("exp");
+    c
+}
+
+/// The `jwt` hook as a Quay deployment sets it.
+fn quay_hook_yaml(jwks: &JwksServer) -> String {
+    let source = format!("jwks_url: \"{}\"", jwks.url);
+    format!(
+        "{}      require_exp: false\n",
+        jwt_hook_yaml(&source, 300, 0)
+    )
+}
+
+#[test]
+fn with_require_exp_false_tokens_without_exp_are_served_and_every_other_check_stays() {
+    let k = keys();
+    let jwks = JwksServer::start(jwks(&[&k.rsa, &k.ec]));
+    let h = hash(8);
+    let quay = |change: &dyn Fn(&mut serde_json::Value)| {
+        let mut c = quay_claims(h);
+        change(&mut c);
+        sign(&k.rsa, k.rsa.kid, &c)
+    };
+    let served = [
+        ("Quay's token (RS256, no exp)", quay(&|_| {})),
+        ("ES256, no exp", sign(&k.ec, k.ec.kid, &quay_claims(h))),
+        (
+            "an exp still to come",
+            quay(&|c| c["exp"] = json!(NOW + 60)),
+        ),
+        ("an nbf gone by", quay(&|c| c["nbf"] = json!(NOW - 60))),
+    ];
+    let refused: Vec<(&str, String, &str)> = vec![
+        (
+            "an exp gone by is still enforced",
+            quay(&|c| c["exp"] = json!(NOW)),
+            "jwt expired",
+        ),
+        (
+            "an nbf to come",
+            quay(&|c| c["nbf"] = json!(NOW + 10)),
+            "jwt not yet valid",
+        ),
+        (
+            "exp null is malformed, not absent",
+            quay(&|c| c["exp"] = json!(null)),
+            "invalid jwt",
+        ),
+        (
+            "exp not a number",
+            quay(&|c| c["exp"] = json!("tomorrow")),
+            "invalid jwt",
+        ),
+        (
+            "wrong issuer",
+            quay(&|c| c["iss"] = json!("someone else")),
+            "invalid jwt",
+        ),
+        (
+            "wrong audience",
+            quay(&|c| c["aud"] = json!("https://other.example/announce")),
+            "invalid jwt",
+        ),
+        (
+            "no audience",
+            quay(&|c| drop(c.as_object_mut().unwrap().remove("aud"))),
+            "invalid jwt",
+        ),
+        (
+            "no infohash",
+            quay(&|c| drop(c.as_object_mut().unwrap().remove("infohash"))),
+            "invalid jwt",
+        ),
+        (
+            "another torrent",
+            sign(&k.rsa, k.rsa.kid, &quay_claims(hash(9))),
+            "jwt for another torrent",
+        ),
+        (
+            "forged: a known kid, another key's signature",
+            sign(&k.ec_next, k.ec.kid, &quay_claims(h)),
+            "invalid jwt",
+        ),
+        (
+            "unknown kid",
+            sign(&k.ec, "nobody", &quay_claims(h)),
+            "jwt signed by an unknown key",
+        ),
+    ];
+    for engine in engines() {
+        let t = tracker(engine, &quay_hook_yaml(&jwks));
+        // Each path twice: the second announce finds the token verified already.
+        for (udp, ipv6) in PATHS.iter().chain(PATHS.iter()).copied() {
+            for (case, token) in &served {
+                assert_eq!(
+                    announce(&t, udp, ipv6, h, Some(token)),
+                    None,
+                    "{case}, {} {engine:?}",
+                    path_name(udp, ipv6)
+                );
+            }
+            for (case, token, reason) in &refused {
+                assert_eq!(
+                    announce(&t, udp, ipv6, h, Some(token)).as_deref(),
+                    Some(*reason),
+                    "{case}, {} {engine:?}",
+                    path_name(udp, ipv6)
+                );
+            }
+        }
+        // By default a token without exp is refused.
+        let strict = tracker_for(engine, &jwks, 300);
+        for (udp, ipv6) in PATHS {
+            assert_eq!(
+                announce(&strict, udp, ipv6, h, Some(&served[0].1)).as_deref(),
+                Some("invalid jwt"),
+                "{} {engine:?}",
+                path_name(udp, ipv6)
+            );
+        }
+    }
+}
+
+#[test]
+fn require_exp_is_checked_as_a_boolean_and_a_quay_config_passes_check_config() {
+    let k = keys();
+    let jwks = JwksServer::start(jwks(&[&k.rsa]));
+    let err = Config::from_yaml(
+        &quay_hook_yaml(&jwks).replace("require_exp: false", "require_exp: sometimes"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("require_exp"), "{err}");
+    let config = Config::from_yaml(&quay_hook_yaml(&jwks)).unwrap();
+    assert!(matches!(
+        &config.prehooks[..],
+        [PreHookConfig::Jwt(JwtConfig {
+            require_exp: false,
+            ..
+        })]
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hayate.yaml");
+    std::fs::write(&path, quay_hook_yaml(&jwks)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hayate"))
+        .arg("--check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -27,7 +27,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, P
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use parking_lot::Mutex;
 use percent_encoding::percent_decode;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use siphasher::sip128::{Hasher128, SipHasher13};
 
 use super::{PreHook, RequestContext};
@@ -52,6 +52,9 @@ pub struct JwtConfig {
     pub fetch_timeout_secs: u64,
     /// Clock skew allowed on `exp` and `nbf` (seconds).
     pub leeway_secs: u64,
+    /// Refuse tokens without `exp`. Quay issues none: set false for it (an `exp` that is
+    /// present is still enforced).
+    pub require_exp: bool,
 }
 
 impl Default for JwtConfig {
@@ -64,6 +67,7 @@ impl Default for JwtConfig {
             refresh_interval_secs: 300,
             fetch_timeout_secs: 5,
             leeway_secs: 0,
+            require_exp: true,
         }
     }
 }
@@ -305,10 +309,19 @@ fn refresh_every(shared: Weak<Shared>, every: Duration) {
 /// tracker's clock: `Validation` reads the system clock, which tests cannot stop.
 #[derive(Deserialize)]
 struct Claims {
-    /// NumericDate, which may have a fraction.
-    exp: f64,
+    /// NumericDate, which may have a fraction. Absent only with `require_exp: false`
+    /// (`Validation` refuses the token otherwise).
+    #[serde(default, deserialize_with = "numeric_date")]
+    exp: Option<f64>,
+    #[serde(default, deserialize_with = "numeric_date")]
     nbf: Option<f64>,
     infohash: Option<String>,
+}
+
+/// A time claim that is there must be a number: `"exp": null` is a malformed token, not a
+/// token without `exp` (an absent claim never reaches this: `default` gives `None`).
+fn numeric_date<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
+    f64::deserialize(deserializer).map(Some)
 }
 
 /// The most tokens remembered; past it the memory starts over (a few MB at most). Only tokens
@@ -407,12 +420,22 @@ impl Jwt {
             Arc::downgrade(&shared),
             Duration::from_secs(config.refresh_interval_secs),
         );
+        if !config.require_exp {
+            tracing::info!(
+                "jwt: tokens without `exp` are accepted (require_exp: false): such a token \
+                 is good for as long as its key stays in the JWK set"
+            );
+        }
 
         // One per algorithm: jsonwebtoken refuses a `Validation` listing an algorithm of
         // another family than the key's.
+        let required: &[&str] = match config.require_exp {
+            true => &["exp", "iss", "aud"],
+            false => &["iss", "aud"],
+        };
         let validation = |alg| {
             let mut v = Validation::new(alg);
-            v.set_required_spec_claims(&["exp", "iss", "aud"]);
+            v.set_required_spec_claims(required);
             v.set_issuer(&[&config.issuer]);
             v.set_audience(&[&config.audience]);
             v.validate_exp = false;
@@ -452,7 +475,7 @@ impl Jwt {
     /// The checks of a verified token that depend on the time or on the request.
     fn check_claims(&self, claims: &Claims, info_hash: &InfoHash) -> Result<(), ClientError> {
         let now = f64::from(self.clock.now());
-        if now >= claims.exp + self.leeway {
+        if claims.exp.is_some_and(|exp| now >= exp + self.leeway) {
             return Err(EXPIRED);
         }
         if claims.nbf.is_some_and(|nbf| now + self.leeway < nbf) {
@@ -637,6 +660,23 @@ mod tests {
         assert!(!is_plain_http_off_host("http://127.0.0.1:8080/jwks.json"));
         assert!(!is_plain_http_off_host("http://[::1]:8080/jwks.json"));
         assert!(!is_plain_http_off_host("http://localhost/jwks.json"));
+    }
+
+    #[test]
+    fn a_time_claim_may_be_absent_but_if_present_must_be_a_number() {
+        let claims = |json: &str| serde_json::from_str::<Claims>(json);
+        let none = claims(r#"{"infohash":"x"}"#).unwrap();
+        assert_eq!((none.exp, none.nbf), (None, None));
+        let both = claims(r#"{"exp":1.5,"nbf":1}"#).unwrap();
+        assert_eq!((both.exp, both.nbf), (Some(1.5), Some(1.0)));
+        for bad in [
+            r#"{"exp":null}"#,
+            r#"{"nbf":null}"#,
+            r#"{"exp":"1"}"#,
+            r#"{"exp":[1]}"#,
+        ] {
+            assert!(claims(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
