@@ -3,9 +3,10 @@
 //! (HTTP query, or UDP BEP 41 URL data), signed RS256 or ES256 by a key of a JWK set, issued by
 //! `issuer` for `audience`, with an `infohash` claim naming the torrent.
 //!
-//! The key set is loaded at start (a failure then stops hayate), refreshed in the background
-//! and on SIGHUP, and swapped atomically: the hot path never fetches and never waits on a
-//! refresh. A refresh that fails keeps the old keys, logs why and counts the failure.
+//! The key set is loaded at start (a failure then stops hayate), then refreshed by one thread
+//! of its own, on a timer and on SIGHUP, and swapped atomically: the hot path never fetches
+//! and never waits on a refresh, and neither does the supervisor that handles SIGHUP. A
+//! refresh that fails keeps the old keys, logs why and counts the failure.
 //!
 //! A signature check costs about 0.2 ms, and a client re-announces with the same token for as
 //! long as it runs, so tokens that passed it are remembered ([`VerifiedTokens`]) until the key
@@ -17,8 +18,9 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::hash::Hasher;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::mpsc::{RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -92,8 +94,8 @@ impl JwtConfig {
                 "`refresh_interval_secs` must be between 1 and {DAY_SECS} (a day)"
             ));
         }
-        // A SIGHUP reload waits for the fetch on the thread that also handles SIGTERM, so a
-        // stop can wait this long; and the HTTP client adds it to an Instant, which panics
+        // A hung key server holds the refresh thread this long, so SIGHUPs and timed
+        // refreshes queue behind it; and the HTTP client adds it to an Instant, which panics
         // past the clock's range.
         if !(1..=MAX_FETCH_TIMEOUT_SECS).contains(&self.fetch_timeout_secs) {
             return Err(format!(
@@ -243,28 +245,34 @@ fn sorted_kids(keys: &KeySet) -> Vec<&str> {
     kids
 }
 
+/// What announces read of the key set.
 struct Shared {
     keys: ArcSwap<KeySet>,
     /// Bumped after each change of `keys`: a token verified under another generation is
     /// verified again.
     generation: AtomicU64,
-    source: KeySource,
-    failures: Arc<AtomicU64>,
-    /// The bytes of the key set in use. Held for the whole refresh: a SIGHUP during a timed
-    /// refresh must not let the older fetch land last.
-    set_in_use: Mutex<Vec<u8>>,
+    failures: AtomicU64,
 }
 
-impl Shared {
-    fn refresh(&self) -> anyhow::Result<()> {
-        let mut in_use = self.set_in_use.lock();
+/// Fetches the key set and swaps it in. After the first load it lives on the refresh thread
+/// alone, so fetches never overlap and an older fetch can never land after a newer one.
+struct Refresher {
+    shared: Arc<Shared>,
+    source: KeySource,
+    /// The bytes of the set in use.
+    in_use: Vec<u8>,
+}
+
+impl Refresher {
+    fn refresh(&mut self) -> anyhow::Result<()> {
         let bytes = self.source.fetch()?;
-        if bytes == *in_use {
+        if bytes == self.in_use {
             // The same set: its keys and the tokens they verified stay.
             return Ok(());
         }
         let (keys, skipped) = parse_jwks(&bytes)?;
-        let old = self.keys.load();
+        let shared = &self.shared;
+        let old = shared.keys.load();
         // Logged only when the set changes, so a refresh every few minutes stays quiet.
         if sorted_kids(&old) != sorted_kids(&keys) {
             tracing::info!(kids = ?sorted_kids(&keys), "jwt: JWK set loaded");
@@ -272,36 +280,39 @@ impl Shared {
                 tracing::warn!("jwt: JWK set entry skipped: {note}");
             }
         }
-        self.keys.store(Arc::new(keys));
+        shared.keys.store(Arc::new(keys));
         // After the store: a check that reads the new generation also reads the new keys.
-        self.generation.fetch_add(1, Ordering::Release);
-        *in_use = bytes;
+        shared.generation.fetch_add(1, Ordering::Release);
+        self.in_use = bytes;
         Ok(())
     }
 
-    fn refresh_or_log(&self) {
+    fn refresh_or_log(&mut self) {
         if let Err(e) = self.refresh() {
-            self.failures.fetch_add(1, Ordering::Relaxed);
+            self.shared.failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("jwt: JWK set not refreshed, keeping the old keys: {e:#}");
         }
     }
-}
 
-/// Refreshes on the interval; stops when the hook is dropped.
-fn refresh_every(shared: Weak<Shared>, every: Duration) {
-    let spawned = std::thread::Builder::new()
-        .name("jwks-refresh".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(every);
-                let Some(shared) = shared.upgrade() else {
-                    return;
-                };
-                shared.refresh_or_log();
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::warn!("jwt: cannot refresh the JWK set on a timer (SIGHUP still does): {e}");
+    /// Starts the refresh thread: a fetch every `every`, and one at once for each request on
+    /// the returned sender. It stops when the sender is dropped (with the hook).
+    fn spawn(mut self, every: Duration) -> anyhow::Result<SyncSender<()>> {
+        // Room for one request: SIGHUPs that come during a fetch collapse into one more fetch,
+        // which starts after all of them, so it sees the keys as of the last one.
+        let (requests, requested) = sync_channel(1);
+        std::thread::Builder::new()
+            .name("jwks-refresh".into())
+            .spawn(move || {
+                loop {
+                    match requested.recv_timeout(every) {
+                        Ok(()) | Err(RecvTimeoutError::Timeout) => self.refresh_or_log(),
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+            })
+            // Without it neither the timer nor SIGHUP would ever refresh the keys.
+            .context("spawn the JWK set refresh thread")?;
+        Ok(requests)
     }
 }
 
@@ -376,6 +387,8 @@ impl VerifiedTokens {
 
 pub struct Jwt {
     shared: Arc<Shared>,
+    /// Asks the refresh thread for a fetch now (SIGHUP); dropping it stops the thread.
+    refresh_now: SyncSender<()>,
     verified: VerifiedTokens,
     rs256: Validation,
     es256: Validation,
@@ -411,15 +424,15 @@ impl Jwt {
         let shared = Arc::new(Shared {
             keys: ArcSwap::from_pointee(KeySet::new()),
             generation: AtomicU64::new(0),
-            source,
-            failures: Arc::new(AtomicU64::new(0)),
-            set_in_use: Mutex::new(Vec::new()),
+            failures: AtomicU64::new(0),
         });
-        shared.refresh().context("load the JWK set")?;
-        refresh_every(
-            Arc::downgrade(&shared),
-            Duration::from_secs(config.refresh_interval_secs),
-        );
+        let mut refresher = Refresher {
+            shared: shared.clone(),
+            source,
+            in_use: Vec::new(),
+        };
+        refresher.refresh().context("load the JWK set")?;
+        let refresh_now = refresher.spawn(Duration::from_secs(config.refresh_interval_secs))?;
         if !config.require_exp {
             tracing::info!(
                 "jwt: tokens without `exp` are accepted (require_exp: false): such a token \
@@ -444,6 +457,7 @@ impl Jwt {
         };
         Ok(Jwt {
             shared,
+            refresh_now,
             verified: VerifiedTokens::new()?,
             rs256: validation(Algorithm::RS256),
             es256: validation(Algorithm::ES256),
@@ -567,9 +581,16 @@ impl PreHook for Jwt {
     // Scrapes are not checked, as in Chihaya: a scrape reveals only counts, and Quay's torrent
     // files put the token in the announce URL, which clients do not reuse for scrapes.
 
-    // On the supervisor's thread, not a worker's; `fetch_timeout_secs` bounds the wait.
+    // Called on the supervisor's thread, which also handles SIGTERM: a fetch there would
+    // hold a stop for up to `fetch_timeout_secs`, so the refresh thread fetches instead.
     fn reload(&self) {
-        self.shared.refresh_or_log();
+        match self.refresh_now.try_send(()) {
+            // Full: a fetch is already waiting to start, and it starts after this signal.
+            Ok(()) | Err(TrySendError::Full(())) => {}
+            Err(TrySendError::Disconnected(())) => {
+                tracing::error!("jwt: the JWK set refresh thread is gone; keys stay as they are")
+            }
+        }
     }
 
     fn jwks_refresh_failures(&self) -> Option<u64> {
