@@ -380,6 +380,8 @@ impl RunningServer {
             match self.events.recv() {
                 Ok(ServerEvent::Signal(signal_hook::consts::SIGHUP)) => {
                     tracing::info!("SIGHUP: reloading hook lists");
+                    // Hooks do not wait on the network here (`PreHook::reload`): a SIGTERM
+                    // queued behind this must still stop the server within its second.
                     self.tracker.middleware.reload();
                 }
                 Ok(ServerEvent::Signal(signal)) => {

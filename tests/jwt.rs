@@ -3,15 +3,16 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::*;
 use hayate::config::{Config, EngineKind};
+use hayate::middleware::{JwtConfig, PreHookConfig};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
@@ -107,10 +108,13 @@ fn token(key: &SigningKey, info_hash: [u8; 20]) -> String {
 // ---- a JWK set server ------------------------------------------------------------------
 
 /// Serves whatever `body` holds at any path; with `None` it is "down": connections are
-/// closed without an answer.
+/// closed without an answer. Each answer waits `delay` (a slow issuer), one at a time.
 struct JwksServer {
     url: String,
     body: Arc<Mutex<Option<String>>>,
+    delay: Arc<Mutex<Duration>>,
+    /// Requests read so far (a fetch is in flight once its request is counted).
+    requests: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     addr: SocketAddr,
 }
@@ -120,8 +124,11 @@ impl JwksServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let body = Arc::new(Mutex::new(Some(body)));
+        let delay = Arc::new(Mutex::new(Duration::ZERO));
+        let requests = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (served, stopping) = (body.clone(), stop.clone());
+        let (served, slow, counted, stopping) =
+            (body.clone(), delay.clone(), requests.clone(), stop.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 if stopping.load(Ordering::Relaxed) {
@@ -137,6 +144,9 @@ impl JwksServer {
                         Ok(n) => request.extend_from_slice(&buf[..n]),
                     }
                 }
+                counted.fetch_add(1, Ordering::SeqCst);
+                let wait = *slow.lock().unwrap();
+                std::thread::sleep(wait);
                 let Some(body) = served.lock().unwrap().clone() else {
                     continue; // down: drop the connection unanswered
                 };
@@ -151,6 +161,8 @@ impl JwksServer {
         JwksServer {
             url: format!("http://{addr}/.well-known/jwks.json"),
             body,
+            delay,
+            requests,
             stop,
             addr,
         }
@@ -158,6 +170,14 @@ impl JwksServer {
 
     fn serve(&self, body: Option<String>) {
         *self.body.lock().unwrap() = body;
+    }
+
+    fn answer_after(&self, delay: Duration) {
+        *self.delay.lock().unwrap() = delay;
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
     }
 }
 
@@ -210,9 +230,20 @@ fn announce(
     info_hash: [u8; 20],
     token: Option<&str>,
 ) -> Option<String> {
+    let addr = if udp { t.udp(ipv6) } else { t.http(ipv6) };
+    announce_at(addr, udp, info_hash, token)
+}
+
+/// [`announce`] to the UDP (`udp`) or HTTP port at `addr`.
+fn announce_at(
+    addr: SocketAddr,
+    udp: bool,
+    info_hash: [u8; 20],
+    token: Option<&str>,
+) -> Option<String> {
     let query = token.map(|t| format!("&jwt={t}")).unwrap_or_default();
     if udp {
-        let c = UdpClient::new(t.udp(ipv6));
+        let c = UdpClient::new(addr);
         let id = c.connect();
         let mut a = UdpAnnounce::new(id, info_hash, 7100);
         a.options = url_data(&format!("/announce?{}", query.trim_start_matches('&')));
@@ -223,7 +254,7 @@ fn announce(
         }
     } else {
         let target = announce_target(info_hash, 1, 7100, 0, &query);
-        let reply = http_get(t.http(ipv6), &target);
+        let reply = http_get(addr, &target);
         assert_eq!(reply.status, 200);
         reply.failure()
     }
@@ -409,6 +440,167 @@ fn exp_and_nbf_follow_the_tracker_clock_with_the_configured_leeway() {
     }
 }
 
+/// Claims as Quay issues them: `iss`, `aud` (the announce URL) and the info hash in hex, and
+/// no `exp`, `nbf` nor `iat`.
+fn quay_claims(info_hash: [u8; 20]) -> serde_json::Value {
+    let mut c = claims(info_hash);
+    c.as_object_mut().unwrap().remove("exp");
+    c
+}
+
+/// The `jwt` hook as a Quay deployment sets it.
+fn quay_hook_yaml(jwks: &JwksServer) -> String {
+    let source = format!("jwks_url: \"{}\"", jwks.url);
+    format!(
+        "{}      require_exp: false\n",
+        jwt_hook_yaml(&source, 300, 0)
+    )
+}
+
+#[test]
+fn with_require_exp_false_tokens_without_exp_are_served_and_every_other_check_stays() {
+    let k = keys();
+    let jwks = JwksServer::start(jwks(&[&k.rsa, &k.ec]));
+    let h = hash(8);
+    let quay = |change: &dyn Fn(&mut serde_json::Value)| {
+        let mut c = quay_claims(h);
+        change(&mut c);
+        sign(&k.rsa, k.rsa.kid, &c)
+    };
+    let served = [
+        ("Quay's token (RS256, no exp)", quay(&|_| {})),
+        ("ES256, no exp", sign(&k.ec, k.ec.kid, &quay_claims(h))),
+        (
+            "an exp still to come",
+            quay(&|c| c["exp"] = json!(NOW + 60)),
+        ),
+        ("an nbf gone by", quay(&|c| c["nbf"] = json!(NOW - 60))),
+    ];
+    let refused: Vec<(&str, String, &str)> = vec![
+        (
+            "an exp gone by is still enforced",
+            quay(&|c| c["exp"] = json!(NOW)),
+            "jwt expired",
+        ),
+        (
+            "an nbf to come",
+            quay(&|c| c["nbf"] = json!(NOW + 10)),
+            "jwt not yet valid",
+        ),
+        (
+            "exp null is malformed, not absent",
+            quay(&|c| c["exp"] = json!(null)),
+            "invalid jwt",
+        ),
+        (
+            "exp not a number",
+            quay(&|c| c["exp"] = json!("tomorrow")),
+            "invalid jwt",
+        ),
+        (
+            "wrong issuer",
+            quay(&|c| c["iss"] = json!("someone else")),
+            "invalid jwt",
+        ),
+        (
+            "wrong audience",
+            quay(&|c| c["aud"] = json!("https://other.example/announce")),
+            "invalid jwt",
+        ),
+        (
+            "no audience",
+            quay(&|c| drop(c.as_object_mut().unwrap().remove("aud"))),
+            "invalid jwt",
+        ),
+        (
+            "no infohash",
+            quay(&|c| drop(c.as_object_mut().unwrap().remove("infohash"))),
+            "invalid jwt",
+        ),
+        (
+            "another torrent",
+            sign(&k.rsa, k.rsa.kid, &quay_claims(hash(9))),
+            "jwt for another torrent",
+        ),
+        (
+            "forged: a known kid, another key's signature",
+            sign(&k.ec_next, k.ec.kid, &quay_claims(h)),
+            "invalid jwt",
+        ),
+        (
+            "unknown kid",
+            sign(&k.ec, "nobody", &quay_claims(h)),
+            "jwt signed by an unknown key",
+        ),
+    ];
+    for engine in engines() {
+        let t = tracker(engine, &quay_hook_yaml(&jwks));
+        // Each path twice: the second announce finds the token verified already.
+        for (udp, ipv6) in PATHS.iter().chain(PATHS.iter()).copied() {
+            for (case, token) in &served {
+                assert_eq!(
+                    announce(&t, udp, ipv6, h, Some(token)),
+                    None,
+                    "{case}, {} {engine:?}",
+                    path_name(udp, ipv6)
+                );
+            }
+            for (case, token, reason) in &refused {
+                assert_eq!(
+                    announce(&t, udp, ipv6, h, Some(token)).as_deref(),
+                    Some(*reason),
+                    "{case}, {} {engine:?}",
+                    path_name(udp, ipv6)
+                );
+            }
+        }
+        // By default a token without exp is refused.
+        let strict = tracker_for(engine, &jwks, 300);
+        for (udp, ipv6) in PATHS {
+            assert_eq!(
+                announce(&strict, udp, ipv6, h, Some(&served[0].1)).as_deref(),
+                Some("invalid jwt"),
+                "{} {engine:?}",
+                path_name(udp, ipv6)
+            );
+        }
+    }
+}
+
+#[test]
+fn require_exp_is_checked_as_a_boolean_and_a_quay_config_passes_check_config() {
+    let k = keys();
+    let jwks = JwksServer::start(jwks(&[&k.rsa]));
+    let err = Config::from_yaml(
+        &quay_hook_yaml(&jwks).replace("require_exp: false", "require_exp: sometimes"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("require_exp"), "{err}");
+    let config = Config::from_yaml(&quay_hook_yaml(&jwks)).unwrap();
+    assert!(matches!(
+        &config.prehooks[..],
+        [PreHookConfig::Jwt(JwtConfig {
+            require_exp: false,
+            ..
+        })]
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hayate.yaml");
+    std::fs::write(&path, quay_hook_yaml(&jwks)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hayate"))
+        .arg("--check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn a_failed_refresh_keeps_the_old_keys_and_is_counted() {
     let k = keys();
@@ -437,20 +629,16 @@ fn a_failed_refresh_keeps_the_old_keys_and_is_counted() {
         }
         // A body that is not a usable key set fails too (here through SIGHUP's path).
         jwks.serve(Some("<html>maintenance</html>".into()));
-        let before = middleware
-            .jwks_refresh_failures()
-            .first()
-            .map(|&(_, n)| n)
-            .unwrap();
-        middleware.reload();
-        assert!(
+        let failures = || {
             middleware
                 .jwks_refresh_failures()
                 .first()
                 .map(|&(_, n)| n)
                 .unwrap()
-                > before
-        );
+        };
+        let before = failures();
+        middleware.reload();
+        assert!(eventually(Duration::from_secs(10), || failures() > before));
         assert_eq!(
             announce(&t, true, true, hash(4), Some(&token(&k.ec, hash(4)))),
             None
@@ -538,8 +726,256 @@ fn sighup_reloads_a_key_set_file_at_once() {
             Some("jwt signed by an unknown key")
         );
         std::fs::write(&path, jwks(&[&k.rsa, &k.ec])).unwrap();
+        // The refresh thread reads it, so "at once" is a moment after the call returns (the
+        // timer would take an hour).
         t.server.tracker().middleware.reload();
-        assert_eq!(announce(&t, true, true, hash(6), Some(&ec)), None);
+        assert!(
+            eventually(Duration::from_secs(5), || announce(
+                &t,
+                true,
+                true,
+                hash(6),
+                Some(&ec)
+            )
+            .is_none()),
+            "{engine:?}"
+        );
+    }
+}
+
+/// A reload only wakes the hook's refresh thread: it returns at once however slow the key
+/// server is, the new keys are in force once the server answers, and reloads asked for during
+/// a fetch make one more fetch (which sees what they were sent for), not one each.
+#[test]
+fn a_reload_returns_at_once_and_its_slow_fetch_lands_when_the_server_answers() {
+    let k = keys();
+    let slow = Duration::from_secs(2);
+    for engine in engines() {
+        let jwks = JwksServer::start(jwks(&[&k.rsa, &k.ec]));
+        let t = tracker_for(engine, &jwks, 3600);
+        let middleware = &t.server.tracker().middleware;
+        assert_eq!(jwks.requests(), 1, "the load at start");
+        let next = token(&k.ec_next, hash(10));
+        jwks.answer_after(slow);
+        jwks.serve(Some(self::jwks(&[&k.rsa, &k.ec_next])));
+        let asked = Instant::now();
+        middleware.reload();
+        assert!(
+            asked.elapsed() < Duration::from_millis(100),
+            "the reload waited {:?}",
+            asked.elapsed()
+        );
+        assert!(eventually(Duration::from_secs(5), || jwks.requests() == 2));
+        for _ in 0..3 {
+            middleware.reload();
+        }
+        assert_eq!(
+            announce(&t, false, false, hash(10), Some(&next)).as_deref(),
+            Some("jwt signed by an unknown key"),
+            "{engine:?}: before the server answers"
+        );
+        assert!(asked.elapsed() < slow, "too slow a machine for this test");
+        assert!(
+            eventually(Duration::from_secs(10), || announce(
+                &t,
+                true,
+                false,
+                hash(10),
+                Some(&next)
+            )
+            .is_none()),
+            "{engine:?}: the fetch never landed"
+        );
+        assert!(
+            asked.elapsed() >= slow,
+            "in force before the server answered"
+        );
+        // The three reloads asked during the fetch: one more fetch, and no other after it.
+        assert!(eventually(Duration::from_secs(5), || jwks.requests() == 3));
+        std::thread::sleep(slow + Duration::from_millis(500));
+        assert_eq!(jwks.requests(), 3, "{engine:?}");
+        assert_eq!(
+            middleware.jwks_refresh_failures().first().map(|&(_, n)| n),
+            Some(0)
+        );
+    }
+}
+
+// ---- the binary ------------------------------------------------------------------------
+
+/// Runs hayate with `config` and `--engine engine` until it logs that it serves (as
+/// tests/process.rs does); returns it, that log, and its stderr, which must stay open.
+// The child goes back to the caller, which stops it (clippy cannot see through the return).
+#[allow(clippy::zombie_processes)]
+fn spawn_hayate(
+    config: &std::path::Path,
+    engine: &str,
+) -> (
+    std::process::Child,
+    String,
+    BufReader<std::process::ChildStderr>,
+) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hayate"))
+        .arg("--config")
+        .arg(config)
+        .args(["--engine", engine])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut line = String::new();
+        let read = stderr.read_line(&mut line).unwrap_or(0);
+        log.push_str(&line);
+        if line.contains("hayate is serving") {
+            return (child, log, stderr);
+        }
+        if read == 0 || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("never served: {log}");
+        }
+    }
+}
+
+/// The port after `label=[127.0.0.1:` in the "hayate is serving" line.
+fn logged_addr(log: &str, label: &str) -> SocketAddr {
+    let port = log
+        .split(&format!("{label}=[127.0.0.1:"))
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|port| port.parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("no {label} address in {log}"));
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Sends `signal`; the exit code, which must come within a second.
+fn exit_code_within_a_second(mut child: std::process::Child, signal: i32) -> i32 {
+    let sent = Instant::now();
+    // SAFETY: kill(2) on the PID of a child we own.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(
+                sent.elapsed() < Duration::from_secs(1),
+                "took {:?}",
+                sent.elapsed()
+            );
+            return status.code().unwrap_or(-1);
+        }
+        if sent.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("did not stop");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn signal(child: &std::process::Child, signal: i32) {
+    // SAFETY: kill(2) on the PID of a child we own.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+}
+
+/// A token the real clock takes (the binary has no stopped clock).
+fn token_for_the_real_clock(key: &SigningKey, info_hash: [u8; 20]) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut c = claims(info_hash);
+    c["exp"] = json!(now + 3600);
+    sign(key, key.kid, &c)
+}
+
+/// SIGHUP while the key server takes longer to answer than a stop may take: the supervisor
+/// that handles signals does not wait for the fetch, so the torrent list (the next hook)
+/// reloads at once and SIGTERM still ends hayate within its second; the new keys are in
+/// force once the server answers.
+#[test]
+fn sighup_with_a_slow_key_server_holds_neither_the_torrent_list_nor_sigterm() {
+    let k = keys();
+    let slow = Duration::from_secs(3);
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("torrents.txt");
+    let config = dir.path().join("hayate.yaml");
+    for engine in ["epoll", "io_uring"] {
+        let jwks = JwksServer::start(jwks(&[&k.rsa]));
+        std::fs::write(&list, format!("{}\n", hex(&hash(1)))).unwrap();
+        let source = format!("jwks_url: \"{}\"", jwks.url);
+        // The fetch may take longer than the slow answer: it must land, not time out.
+        let jwt = jwt_hook_yaml(&source, 3600, 0)
+            .replace("fetch_timeout_secs: 2", "fetch_timeout_secs: 10");
+        std::fs::write(
+            &config,
+            format!(
+                "workers: 1\nudp:\n  bind: [\"127.0.0.1:0\"]\nhttp:\n  bind: [\"127.0.0.1:0\"]\n\
+                 metrics:\n  enabled: false\n{jwt}  - name: torrent_approval\n    options:\n      \
+                 file: \"{}\"\n      check_interval_secs: 3600\n",
+                list.display()
+            ),
+        )
+        .unwrap();
+        let (child, log, _stderr) = spawn_hayate(&config, engine);
+        let (udp, http) = (logged_addr(&log, "udp"), logged_addr(&log, "http"));
+        let both = |h: [u8; 20], token: &str| {
+            [
+                announce_at(http, false, h, Some(token)),
+                announce_at(udp, true, h, Some(token)),
+            ]
+        };
+        let rsa = |h| token_for_the_real_clock(&k.rsa, h);
+        let next = token_for_the_real_clock(&k.ec_next, hash(1));
+        let unknown = Some("jwt signed by an unknown key".to_string());
+        let not_approved = Some("torrent not approved".to_string());
+        assert_eq!(both(hash(1), &rsa(hash(1))), [None, None], "{engine}");
+        assert_eq!(
+            both(hash(2), &rsa(hash(2))),
+            [not_approved.clone(), not_approved]
+        );
+        assert_eq!(both(hash(1), &next), [unknown.clone(), unknown.clone()]);
+
+        // The issuer rotates in ec-2 and the operator approves a torrent, then SIGHUP.
+        jwks.answer_after(slow);
+        jwks.serve(Some(self::jwks(&[&k.rsa, &k.ec_next])));
+        std::fs::write(&list, format!("{}\n{}\n", hex(&hash(1)), hex(&hash(2)))).unwrap();
+        let hup = Instant::now();
+        signal(&child, libc::SIGHUP);
+        assert!(
+            eventually(Duration::from_secs(2), || jwks.requests() == 2),
+            "{engine}: no fetch after SIGHUP"
+        );
+        assert!(
+            eventually(Duration::from_secs(2), || both(hash(2), &rsa(hash(2)))
+                == [None, None]),
+            "{engine}: the torrent list waited for the key fetch"
+        );
+        assert_eq!(both(hash(1), &next), [unknown.clone(), unknown]);
+        assert!(hup.elapsed() < slow, "too slow a machine for this test");
+        assert!(
+            eventually(Duration::from_secs(10), || both(hash(1), &next)
+                == [None, None]),
+            "{engine}: the slow fetch never landed"
+        );
+        assert!(
+            hup.elapsed() >= slow,
+            "{engine}: in force before the answer"
+        );
+
+        // SIGHUP again, and SIGTERM while that fetch waits for its answer.
+        signal(&child, libc::SIGHUP);
+        assert!(
+            eventually(Duration::from_secs(2), || jwks.requests() == 3),
+            "{engine}: no fetch after the second SIGHUP"
+        );
+        assert_eq!(
+            exit_code_within_a_second(child, libc::SIGTERM),
+            0,
+            "{engine}"
+        );
     }
 }
 

@@ -3,9 +3,10 @@
 //! (HTTP query, or UDP BEP 41 URL data), signed RS256 or ES256 by a key of a JWK set, issued by
 //! `issuer` for `audience`, with an `infohash` claim naming the torrent.
 //!
-//! The key set is loaded at start (a failure then stops hayate), refreshed in the background
-//! and on SIGHUP, and swapped atomically: the hot path never fetches and never waits on a
-//! refresh. A refresh that fails keeps the old keys, logs why and counts the failure.
+//! The key set is loaded at start (a failure then stops hayate), then refreshed by one thread
+//! of its own, on a timer and on SIGHUP, and swapped atomically: the hot path never fetches
+//! and never waits on a refresh, and neither does the supervisor that handles SIGHUP. A
+//! refresh that fails keeps the old keys, logs why and counts the failure.
 //!
 //! A signature check costs about 0.2 ms, and a client re-announces with the same token for as
 //! long as it runs, so tokens that passed it are remembered ([`VerifiedTokens`]) until the key
@@ -17,8 +18,9 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::hash::Hasher;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::mpsc::{RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -27,7 +29,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, P
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use parking_lot::Mutex;
 use percent_encoding::percent_decode;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use siphasher::sip128::{Hasher128, SipHasher13};
 
 use super::{PreHook, RequestContext};
@@ -52,6 +54,9 @@ pub struct JwtConfig {
     pub fetch_timeout_secs: u64,
     /// Clock skew allowed on `exp` and `nbf` (seconds).
     pub leeway_secs: u64,
+    /// Refuse tokens without `exp`. Quay issues none: set false for it (an `exp` that is
+    /// present is still enforced).
+    pub require_exp: bool,
 }
 
 impl Default for JwtConfig {
@@ -64,6 +69,7 @@ impl Default for JwtConfig {
             refresh_interval_secs: 300,
             fetch_timeout_secs: 5,
             leeway_secs: 0,
+            require_exp: true,
         }
     }
 }
@@ -88,8 +94,8 @@ impl JwtConfig {
                 "`refresh_interval_secs` must be between 1 and {DAY_SECS} (a day)"
             ));
         }
-        // A SIGHUP reload waits for the fetch on the thread that also handles SIGTERM, so a
-        // stop can wait this long; and the HTTP client adds it to an Instant, which panics
+        // A hung key server holds the refresh thread this long, so SIGHUPs and timed
+        // refreshes queue behind it; and the HTTP client adds it to an Instant, which panics
         // past the clock's range.
         if !(1..=MAX_FETCH_TIMEOUT_SECS).contains(&self.fetch_timeout_secs) {
             return Err(format!(
@@ -245,28 +251,34 @@ fn sorted_kids(keys: &KeySet) -> Vec<&str> {
     kids
 }
 
+/// What announces read of the key set.
 struct Shared {
     keys: ArcSwap<KeySet>,
     /// Bumped after each change of `keys`: a token verified under another generation is
     /// verified again.
     generation: AtomicU64,
-    source: KeySource,
-    failures: Arc<AtomicU64>,
-    /// The bytes of the key set in use. Held for the whole refresh: a SIGHUP during a timed
-    /// refresh must not let the older fetch land last.
-    set_in_use: Mutex<Vec<u8>>,
+    failures: AtomicU64,
 }
 
-impl Shared {
-    fn refresh(&self) -> anyhow::Result<()> {
-        let mut in_use = self.set_in_use.lock();
+/// Fetches the key set and swaps it in. After the first load it lives on the refresh thread
+/// alone, so fetches never overlap and an older fetch can never land after a newer one.
+struct Refresher {
+    shared: Arc<Shared>,
+    source: KeySource,
+    /// The bytes of the set in use.
+    in_use: Vec<u8>,
+}
+
+impl Refresher {
+    fn refresh(&mut self) -> anyhow::Result<()> {
         let bytes = self.source.fetch()?;
-        if bytes == *in_use {
+        if bytes == self.in_use {
             // The same set: its keys and the tokens they verified stay.
             return Ok(());
         }
         let (keys, skipped) = parse_jwks(&bytes)?;
-        let old = self.keys.load();
+        let shared = &self.shared;
+        let old = shared.keys.load();
         // Logged only when the set changes, so a refresh every few minutes stays quiet.
         if sorted_kids(&old) != sorted_kids(&keys) {
             tracing::info!(kids = ?sorted_kids(&keys), "jwt: JWK set loaded");
@@ -274,36 +286,39 @@ impl Shared {
                 tracing::warn!("jwt: JWK set entry skipped: {note}");
             }
         }
-        self.keys.store(Arc::new(keys));
+        shared.keys.store(Arc::new(keys));
         // After the store: a check that reads the new generation also reads the new keys.
-        self.generation.fetch_add(1, Ordering::Release);
-        *in_use = bytes;
+        shared.generation.fetch_add(1, Ordering::Release);
+        self.in_use = bytes;
         Ok(())
     }
 
-    fn refresh_or_log(&self) {
+    fn refresh_or_log(&mut self) {
         if let Err(e) = self.refresh() {
-            self.failures.fetch_add(1, Ordering::Relaxed);
+            self.shared.failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("jwt: JWK set not refreshed, keeping the old keys: {e:#}");
         }
     }
-}
 
-/// Refreshes on the interval; stops when the hook is dropped.
-fn refresh_every(shared: Weak<Shared>, every: Duration) {
-    let spawned = std::thread::Builder::new()
-        .name("jwks-refresh".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(every);
-                let Some(shared) = shared.upgrade() else {
-                    return;
-                };
-                shared.refresh_or_log();
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::warn!("jwt: cannot refresh the JWK set on a timer (SIGHUP still does): {e}");
+    /// Starts the refresh thread: a fetch every `every`, and one at once for each request on
+    /// the returned sender. It stops when the sender is dropped (with the hook).
+    fn spawn(mut self, every: Duration) -> anyhow::Result<SyncSender<()>> {
+        // Room for one request: SIGHUPs that come during a fetch collapse into one more fetch,
+        // which starts after all of them, so it sees the keys as of the last one.
+        let (requests, requested) = sync_channel(1);
+        std::thread::Builder::new()
+            .name("jwks-refresh".into())
+            .spawn(move || {
+                loop {
+                    match requested.recv_timeout(every) {
+                        Ok(()) | Err(RecvTimeoutError::Timeout) => self.refresh_or_log(),
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+            })
+            // Without it neither the timer nor SIGHUP would ever refresh the keys.
+            .context("spawn the JWK set refresh thread")?;
+        Ok(requests)
     }
 }
 
@@ -311,10 +326,19 @@ fn refresh_every(shared: Weak<Shared>, every: Duration) {
 /// tracker's clock: `Validation` reads the system clock, which tests cannot stop.
 #[derive(Deserialize)]
 struct Claims {
-    /// NumericDate, which may have a fraction.
-    exp: f64,
+    /// NumericDate, which may have a fraction. Absent only with `require_exp: false`
+    /// (`Validation` refuses the token otherwise).
+    #[serde(default, deserialize_with = "numeric_date")]
+    exp: Option<f64>,
+    #[serde(default, deserialize_with = "numeric_date")]
     nbf: Option<f64>,
     infohash: Option<String>,
+}
+
+/// A time claim that is there must be a number: `"exp": null` is a malformed token, not a
+/// token without `exp` (an absent claim never reaches this: `default` gives `None`).
+fn numeric_date<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
+    f64::deserialize(deserializer).map(Some)
 }
 
 /// The most tokens remembered; past it the memory starts over (a few MB at most). Only tokens
@@ -369,6 +393,8 @@ impl VerifiedTokens {
 
 pub struct Jwt {
     shared: Arc<Shared>,
+    /// Asks the refresh thread for a fetch now (SIGHUP); dropping it stops the thread.
+    refresh_now: SyncSender<()>,
     verified: VerifiedTokens,
     rs256: Validation,
     es256: Validation,
@@ -404,21 +430,31 @@ impl Jwt {
         let shared = Arc::new(Shared {
             keys: ArcSwap::from_pointee(KeySet::new()),
             generation: AtomicU64::new(0),
-            source,
-            failures: Arc::new(AtomicU64::new(0)),
-            set_in_use: Mutex::new(Vec::new()),
+            failures: AtomicU64::new(0),
         });
-        shared.refresh().context("load the JWK set")?;
-        refresh_every(
-            Arc::downgrade(&shared),
-            Duration::from_secs(config.refresh_interval_secs),
-        );
+        let mut refresher = Refresher {
+            shared: shared.clone(),
+            source,
+            in_use: Vec::new(),
+        };
+        refresher.refresh().context("load the JWK set")?;
+        let refresh_now = refresher.spawn(Duration::from_secs(config.refresh_interval_secs))?;
+        if !config.require_exp {
+            tracing::info!(
+                "jwt: tokens without `exp` are accepted (require_exp: false): such a token \
+                 is good for as long as its key stays in the JWK set"
+            );
+        }
 
         // One per algorithm: jsonwebtoken refuses a `Validation` listing an algorithm of
         // another family than the key's.
+        let required: &[&str] = match config.require_exp {
+            true => &["exp", "iss", "aud"],
+            false => &["iss", "aud"],
+        };
         let validation = |alg| {
             let mut v = Validation::new(alg);
-            v.set_required_spec_claims(&["exp", "iss", "aud"]);
+            v.set_required_spec_claims(required);
             v.set_issuer(&[&config.issuer]);
             v.set_audience(&[&config.audience]);
             v.validate_exp = false;
@@ -427,6 +463,7 @@ impl Jwt {
         };
         Ok(Jwt {
             shared,
+            refresh_now,
             verified: VerifiedTokens::new()?,
             rs256: validation(Algorithm::RS256),
             es256: validation(Algorithm::ES256),
@@ -458,7 +495,7 @@ impl Jwt {
     /// The checks of a verified token that depend on the time or on the request.
     fn check_claims(&self, claims: &Claims, info_hash: &InfoHash) -> Result<(), ClientError> {
         let now = f64::from(self.clock.now());
-        if now >= claims.exp + self.leeway {
+        if claims.exp.is_some_and(|exp| now >= exp + self.leeway) {
             return Err(EXPIRED);
         }
         if claims.nbf.is_some_and(|nbf| now + self.leeway < nbf) {
@@ -550,9 +587,16 @@ impl PreHook for Jwt {
     // Scrapes are not checked, as in Chihaya: a scrape reveals only counts, and Quay's torrent
     // files put the token in the announce URL, which clients do not reuse for scrapes.
 
-    // On the supervisor's thread, not a worker's; `fetch_timeout_secs` bounds the wait.
+    // Called on the supervisor's thread, which also handles SIGTERM: a fetch there would
+    // hold a stop for up to `fetch_timeout_secs`, so the refresh thread fetches instead.
     fn reload(&self) {
-        self.shared.refresh_or_log();
+        match self.refresh_now.try_send(()) {
+            // Full: a fetch is already waiting to start, and it starts after this signal.
+            Ok(()) | Err(TrySendError::Full(())) => {}
+            Err(TrySendError::Disconnected(())) => {
+                tracing::error!("jwt: the JWK set refresh thread is gone; keys stay as they are")
+            }
+        }
     }
 
     fn jwks_refresh_failures(&self) -> Option<u64> {
@@ -643,6 +687,23 @@ mod tests {
         assert!(!is_plain_http_off_host("http://127.0.0.1:8080/jwks.json"));
         assert!(!is_plain_http_off_host("http://[::1]:8080/jwks.json"));
         assert!(!is_plain_http_off_host("http://localhost/jwks.json"));
+    }
+
+    #[test]
+    fn a_time_claim_may_be_absent_but_if_present_must_be_a_number() {
+        let claims = |json: &str| serde_json::from_str::<Claims>(json);
+        let none = claims(r#"{"infohash":"x"}"#).unwrap();
+        assert_eq!((none.exp, none.nbf), (None, None));
+        let both = claims(r#"{"exp":1.5,"nbf":1}"#).unwrap();
+        assert_eq!((both.exp, both.nbf), (Some(1.5), Some(1.0)));
+        for bad in [
+            r#"{"exp":null}"#,
+            r#"{"nbf":null}"#,
+            r#"{"exp":"1"}"#,
+            r#"{"exp":[1]}"#,
+        ] {
+            assert!(claims(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

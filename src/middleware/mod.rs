@@ -54,7 +54,9 @@ pub trait PreHook: Send + Sync {
         Ok(())
     }
 
-    /// Reloads whatever the hook reads from outside (on SIGHUP).
+    /// Reloads whatever the hook reads from outside (on SIGHUP). Runs on the supervisor's
+    /// thread, which also handles SIGTERM: work that may wait on the network belongs on a
+    /// thread of the hook's own, which this only wakes.
     fn reload(&self) {}
 
     /// For hooks that fetch signing keys: how many refreshes failed.
@@ -241,7 +243,8 @@ impl Middleware {
             .collect()
     }
 
-    /// SIGHUP: every hook rereads what it reads from outside.
+    /// SIGHUP: every hook rereads what it reads from outside (a file at once; the `jwt`
+    /// hook's key set on its refresh thread, shortly after this returns).
     pub fn reload(&self) {
         self.pre.iter().for_each(|hook| hook.reload());
     }
