@@ -752,7 +752,12 @@ fn a_reload_returns_at_once_and_its_slow_fetch_lands_when_the_server_answers() {
     let slow = Duration::from_secs(2);
     for engine in engines() {
         let jwks = JwksServer::start(jwks(&[&k.rsa, &k.ec]));
-        let t = tracker_for(engine, &jwks, 3600);
+        // A fetch may take longer than the server's delay on a loaded machine: the timeout
+        // (2 s elsewhere) must not be what the test measures.
+        let source = format!("jwks_url: \"{}\"", jwks.url);
+        let yaml = jwt_hook_yaml(&source, 3600, 0)
+            .replace("fetch_timeout_secs: 2", "fetch_timeout_secs: 10");
+        let t = tracker(engine, &yaml);
         let middleware = &t.server.tracker().middleware;
         assert_eq!(jwks.requests(), 1, "the load at start");
         let next = token(&k.ec_next, hash(10));

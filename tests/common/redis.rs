@@ -36,7 +36,15 @@ impl RedisServer {
             dir: tempfile::tempdir().unwrap(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        server.restart();
+        // Tests run in parallel: another may take the free port first, and then this
+        // redis-server exits at once. Another port, then.
+        for _ in 0..5 {
+            if server.spawn() {
+                break;
+            }
+            server.port = free_port();
+        }
+        wait_for_ping(server.addr());
         server
     }
 
@@ -50,7 +58,17 @@ impl RedisServer {
 
     /// Starts it (again, on the same port) and waits until it answers.
     pub fn restart(&mut self) {
-        let child = Command::new("redis-server")
+        assert!(
+            self.spawn(),
+            "redis-server exited at once on port {}",
+            self.port
+        );
+        wait_for_ping(self.addr());
+    }
+
+    /// Starts the process; false if it exited at once (its port was taken).
+    fn spawn(&mut self) -> bool {
+        let mut child = Command::new("redis-server")
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -68,8 +86,19 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server runs (apt-get install redis-server)");
+        // It binds within milliseconds; one that cannot bind exits just as soon.
+        let deadline = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < deadline {
+            if child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
+            if TcpStream::connect(self.addr()).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         self.child = Some(child);
-        wait_for_ping(self.addr());
+        true
     }
 
     /// Kills it (SIGKILL, by PID) and waits for the process to end.
@@ -129,7 +158,8 @@ pub fn command(addr: SocketAddr, args: &[&[u8]]) -> String {
 
 /// Waits (up to 10 s) until Redis at `addr` answers PING.
 pub fn wait_for_ping(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Generous: a loaded 2-core machine starts a process slowly.
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(mut s) = TcpStream::connect(addr) {
             let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
