@@ -5,6 +5,7 @@
 # offline on ../shared/advisory-db; it installs cargo-deny), then the Rust suite (unit, property,
 # integration, process, replication on real Redis, the attack floods), then the real-client
 # transfers (libtorrent and aria2 through hayate, and between two replicated nodes), then the
+# fuzz targets (fuzz/: seeds and past findings replayed, a few seconds of AFL++ each), then the
 # deployment tests: ci/deploy/check.sh (Dockerfile, Helm chart, alerts, systemd unit; it installs
 # its own tools) and ci/deploy/image.sh (the image and the systemd unit, run under podman or
 # Docker; HAYATE_SKIP_IMAGE=1 leaves it out).
@@ -40,6 +41,10 @@ ci/supply_chain.sh
 cargo build --locked --all-targets
 cargo test --locked --no-fail-fast
 ci/real_clients/run.sh target/debug/hayate
+# The fuzz targets: every seed and past finding replayed, then each fuzzed a few seconds with
+# AFL++ (cargo-afl builds it with the C compiler; fuzz/run.sh installs it where missing).
+(cd fuzz && cargo test --locked --quiet)
+fuzz/run.sh "${FUZZ_SECS:-5}"
 HAYATE=target/debug/hayate ci/deploy/check.sh
 if [ "${HAYATE_SKIP_IMAGE:-0}" != 1 ]; then
   ci/deploy/image.sh
