@@ -496,3 +496,36 @@ fn a_source_creates_new_torrents_within_its_budget_and_joins_existing_ones_freel
         assert_eq!(t.server.store().totals().torrents, 5, "{engine:?}");
     }
 }
+
+#[test]
+fn a_step_of_the_wall_clock_empties_no_swarm_and_new_connection_ids_work_at_once() {
+    for engine in engines() {
+        let t = TestServer::start(test_config(engine));
+        let c = UdpClient::new(t.udp(false));
+        let id = c.connect();
+        assert!(matches!(
+            c.request(&UdpAnnounce::new(id, hash(30), 3001).packet()),
+            UdpReply::Announce { .. }
+        ));
+        for step in [100_000i64, -200_000] {
+            // NTP or an operator steps the wall clock by more than the peer lifetime (45 min).
+            t.clock.step_wall(step);
+            t.server.store().clean();
+            // Ids issued before the step carry the old time; a client connects again, and
+            // the peer announced before is still there.
+            let c2 = UdpClient::new(t.udp(false));
+            let fresh = c2.connect();
+            let peers = c2
+                .request(&UdpAnnounce::new(fresh, hash(30), 3002).packet())
+                .peers();
+            assert!(
+                peers.contains(&"127.0.0.1:3001".parse().unwrap()),
+                "{engine:?}, step {step}: {peers:?}"
+            );
+        }
+        // Time itself passing still expires peers (45 min, then a cleaning pass).
+        t.clock.advance(2701);
+        t.server.store().clean();
+        assert_eq!(t.server.store().totals().torrents, 0, "{engine:?}");
+    }
+}

@@ -94,7 +94,7 @@ impl UdpHandler {
             return false;
         };
         let id = u64::from_be_bytes(id.try_into().expect("8 bytes"));
-        let now = self.tracker.store.clock().now();
+        let now = self.tracker.store.clock().wall();
         self.tracker.connection_ids.is_valid(id, now, client.ip())
     }
 
@@ -106,7 +106,8 @@ impl UdpHandler {
         out: &mut Vec<u8>,
     ) -> (Action, Option<RequestError>) {
         let tracker = &*self.tracker;
-        let now = tracker.store.clock().now();
+        // Connection ids are checked by other nodes too: they carry the wall clock.
+        let now = tracker.store.clock().wall();
         let request = match decode(packet) {
             Ok(request) => request,
             Err(UdpDecodeError::Unanswerable) => {

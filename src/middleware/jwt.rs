@@ -494,7 +494,7 @@ impl Jwt {
 
     /// The checks of a verified token that depend on the time or on the request.
     fn check_claims(&self, claims: &Claims, info_hash: &InfoHash) -> Result<(), ClientError> {
-        let now = f64::from(self.clock.now());
+        let now = f64::from(self.clock.wall());
         if claims.exp.is_some_and(|exp| now >= exp + self.leeway) {
             return Err(EXPIRED);
         }

@@ -767,3 +767,16 @@ fn info_hashes_chosen_to_share_their_first_bytes_still_spread_over_the_shards() 
         .collect();
     assert!(shards.len() > 200, "{} of 256 shards used", shards.len());
 }
+
+#[test]
+fn a_step_of_the_wall_clock_expires_no_peer() {
+    let s = store();
+    announce(&s, &request("10.0.0.1", 1, 0, AnnounceEvent::None), 50);
+    s.clock().step_wall(1_000_000);
+    assert_eq!(s.clean().peers_removed, 0);
+    s.clock().step_wall(-2_000_000);
+    assert_eq!(s.clean().peers_removed, 0);
+    assert!(s.contains_peer(&InfoHash([1; 20]), "10.0.0.1".parse().unwrap(), 1));
+    s.clock().advance(61);
+    assert_eq!(s.clean().peers_removed, 1);
+}
