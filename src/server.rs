@@ -219,7 +219,8 @@ fn raise_open_files_limit(config: &Config, workers: usize) {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit and setrlimit read and write the struct they are given.
+    // SAFETY: getrlimit writes one rlimit through the pointer, which is to `limit`, live and
+    // writable.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return;
     }
@@ -228,6 +229,7 @@ fn raise_open_files_limit(config: &Config, workers: usize) {
             rlim_cur: limit.rlim_max,
             ..limit
         };
+        // SAFETY: setrlimit reads one rlimit through the pointer, which is to `raised`, live.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
             limit = raised;
         }
