@@ -124,7 +124,9 @@ impl HttpConnections {
         if result < 0 {
             return;
         }
-        // SAFETY: a successful accept returns a new descriptor that we now own.
+        // SAFETY: a successful accept (into the descriptor table: no fixed-file slot was
+        // asked for) returns a new open descriptor that nothing else owns; it is wrapped
+        // once, here.
         let fd = unsafe { OwnedFd::from_raw_fd(result) };
         let Some(peer) = peer_addr(&fd) else { return };
         let victim = match self.table.admit(peer, now) {
@@ -135,6 +137,7 @@ impl HttpConnections {
             }
         };
         if let Some(victim) = victim {
+            // (Its slot is freed once its cancelled operations end.)
             self.close(victim, ConnectionClose::Evicted, queue);
         }
         let key = self.table.insert(
@@ -180,11 +183,17 @@ impl HttpConnections {
         queue: &mut Queue,
         now: Instant,
     ) {
+        // (Taken when reaped: `take_buffer`.) Given back whatever becomes of the connection.
+        let bid = cqueue::buffer_select(flags);
         let Some(conn) = self.table.get_mut(key) else {
+            // (Cannot happen while slots are freed only with nothing in flight.)
+            if let Some(bid) = bid {
+                self.bufs.give_back(bid);
+            }
             return;
         };
         let mut answered = 0;
-        if let Some(bid) = cqueue::buffer_select(flags) {
+        if let Some(bid) = bid {
             if result > 0 && !conn.closing && !conn.eof {
                 answered = conn
                     .http
@@ -224,7 +233,6 @@ impl HttpConnections {
         conn.sending = false;
         if result <= 0 {
             self.close(key, ConnectionClose::Done, queue);
-            self.free_if_done(key);
             return;
         }
         conn.sent += result as usize;
@@ -270,7 +278,6 @@ impl HttpConnections {
                     ConnectionClose::Done
                 };
                 self.close(key, reason, queue);
-                self.free_if_done(key);
                 return;
             }
         }
@@ -308,28 +315,28 @@ impl HttpConnections {
         queue.push(entry);
     }
 
-    /// Starts closing `key`: cancels what is in flight; for anything but a normal end, also
-    /// shuts the socket down and resets it, so a send stuck on a client that never reads
-    /// ends too. The slot is freed once nothing of it is in flight ([`Self::free_if_done`]).
+    /// Closes `key`: cancels what is in flight; for anything but a normal end, also shuts the
+    /// socket down and resets it, so a send stuck on a client that never reads ends too. The
+    /// slot is freed now if nothing of it is in flight, else when the last of it completes
+    /// ([`Self::free_if_done`] from the completion handlers).
     fn close(&mut self, key: usize, reason: ConnectionClose, queue: &mut Queue) {
         self.table.close(key, reason);
-        let Some(conn) = self.table.get_mut(key) else {
-            return;
-        };
-        if conn.closing {
-            return;
+        if let Some(conn) = self.table.get_mut(key)
+            && !conn.closing
+        {
+            conn.closing = true;
+            if reason != ConnectionClose::Done {
+                abort_socket(&conn.fd);
+                let _ = socket2::SockRef::from(&conn.fd).shutdown(std::net::Shutdown::Both);
+            }
+            if conn.receiving {
+                queue.push(cancel(Op::ConnRecv.data(key), key));
+            }
+            if conn.sending {
+                queue.push(cancel(Op::ConnSend.data(key), key));
+            }
         }
-        conn.closing = true;
-        if reason != ConnectionClose::Done {
-            abort_socket(&conn.fd);
-            let _ = socket2::SockRef::from(&conn.fd).shutdown(std::net::Shutdown::Both);
-        }
-        if conn.receiving {
-            queue.push(cancel(Op::ConnRecv.data(key), key));
-        }
-        if conn.sending {
-            queue.push(cancel(Op::ConnSend.data(key), key));
-        }
+        self.free_if_done(key);
     }
 
     /// Frees a closing connection once nothing of it is in flight (dropping the fd closes it).
@@ -349,13 +356,25 @@ impl HttpConnections {
         self.table.expired(now, &mut expired);
         for &(key, reason) in &expired {
             self.close(key, reason, queue);
-            self.free_if_done(key);
         }
         self.expired = expired;
     }
 
     pub fn publish(&self) {
         self.bufs.publish();
+    }
+
+    /// Takes the receive buffer a reaped completion carries (see [`BufRing::take`]).
+    pub fn take_buffer(&mut self, flags: u32) {
+        self.bufs.take(flags);
+    }
+
+    /// How many connections hold a receive, and a send, queued or in flight: what their slots
+    /// wait for before they are freed.
+    pub fn operations_claimed(&self) -> (usize, usize) {
+        self.table.iter().fold((0, 0), |(r, s), c| {
+            (r + usize::from(c.receiving), s + usize::from(c.sending))
+        })
     }
 }
 
