@@ -386,13 +386,13 @@ impl RunningServer {
                 }
                 Ok(ServerEvent::Signal(signal)) => {
                     tracing::info!(signal, "stopping");
-                    self.stop_workers(self.workers);
+                    let _ = self.stop_workers(self.workers);
                     return Exit::Stopped;
                 }
                 Ok(ServerEvent::WorkerExited { name, panicked }) => {
                     let why = if panicked { "panicked" } else { "stopped" };
                     tracing::error!(worker = %name, "worker {why}; exiting");
-                    self.stop_workers(self.workers - 1);
+                    let _ = self.stop_workers(self.workers - 1);
                     return Exit::WorkerDied(name);
                 }
                 Err(_) => unreachable!("the server holds a sender"),
@@ -400,22 +400,30 @@ impl RunningServer {
         }
     }
 
-    /// Stops the workers and waits (up to a second) for them to exit.
-    pub fn stop(mut self) {
-        self.stop_workers(self.workers);
+    /// Stops the workers and waits (up to a second) for them to exit: `WorkerDied` names one
+    /// that panicked, now or before (tests see their engine's assertions fail this way).
+    pub fn stop(mut self) -> Exit {
+        self.stop_workers(self.workers)
     }
 
-    fn stop_workers(&mut self, running: usize) {
+    /// Stops the `running` workers; the first that panicked, as an `Exit`.
+    fn stop_workers(&mut self, running: usize) -> Exit {
         self.metrics.set_not_ready();
         self.shutdown.request();
         let deadline = Instant::now() + Duration::from_secs(1);
         let mut left = running;
+        let mut exit = Exit::Stopped;
         while left > 0 {
             match self
                 .events
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             {
-                Ok(ServerEvent::WorkerExited { .. }) => left -= 1,
+                Ok(ServerEvent::WorkerExited { name, panicked }) => {
+                    left -= 1;
+                    if panicked && exit == Exit::Stopped {
+                        exit = Exit::WorkerDied(name);
+                    }
+                }
                 Ok(ServerEvent::Signal(_)) => {}
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
                     tracing::warn!(workers = left, "workers did not stop within a second");
@@ -426,6 +434,7 @@ impl RunningServer {
         if let Some(maintenance) = self.maintenance.take() {
             let _ = maintenance.join();
         }
+        exit
     }
 }
 
