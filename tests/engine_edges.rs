@@ -827,3 +827,55 @@ fn a_connection_slot_is_freed_after_its_receive_was_paused_by_unread_answers() {
         stopped_cleanly(t, engine);
     }
 }
+
+#[test]
+fn receive_buffers_come_back_from_a_busy_connection_evicted_mid_stream() {
+    for engine in engines() {
+        let mut config = tight(engine);
+        config.http.max_connections = 1;
+        let t = TestServer::start(config);
+        let addr = t.http(false);
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: t\r\n\r\n",
+            announce_target(hash(10), 1, 1, 0, "")
+        )
+        .repeat(20);
+        for round in 0..20u64 {
+            // A client that pipelines requests and reads its answers as fast as it can: its
+            // receive keeps handing over buffers, also after the eviction has begun (those
+            // must come back like any other).
+            let rounds = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let busy = {
+                let (rounds, request) = (rounds.clone(), request.clone());
+                std::thread::spawn(move || {
+                    let mut s = TcpStream::connect(addr).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    let mut buf = vec![0u8; 65536];
+                    loop {
+                        if s.write_all(request.as_bytes()).is_err() {
+                            return;
+                        }
+                        let mut raw = Vec::new();
+                        while parse_count(&raw) < 20 {
+                            match read_some(&mut s, &mut buf) {
+                                Ok(n) if n > 0 => raw.extend_from_slice(&buf[..n]),
+                                _ => return,
+                            }
+                        }
+                        rounds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                })
+            };
+            assert!(
+                eventually(5, || rounds.load(std::sync::atomic::Ordering::Relaxed) >= 3),
+                "{engine:?}: the busy client is not served"
+            );
+            let mut newcomer = TcpStream::connect(addr).unwrap();
+            announce_on(&mut newcomer, engine);
+            busy.join().unwrap();
+            assert_eq!(closed_for(&t, "evicted"), round + 1, "{engine:?}");
+        }
+        assert_all_connections_freed(&t, engine);
+        stopped_cleanly(t, engine);
+    }
+}

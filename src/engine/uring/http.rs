@@ -26,6 +26,9 @@ const HTTP_GROUP: u16 = 1;
 
 struct Conn {
     fd: OwnedFd,
+    /// Tells this connection's completions from those of an earlier one in the same slot
+    /// (see [`op_index`]).
+    generation: u32,
     http: HttpConnection,
     /// What the in-flight send reads from; untouched until that send completes.
     send_buf: Vec<u8>,
@@ -49,6 +52,8 @@ pub struct HttpConnections {
     /// Listeners whose multishot accept ended while accepting was paused.
     accept_unarmed: Vec<usize>,
     expired: Vec<(usize, ConnectionClose)>,
+    /// The generation the next connection gets.
+    next_generation: u32,
 }
 
 impl HttpConnections {
@@ -75,6 +80,7 @@ impl HttpConnections {
             backoff: AcceptBackoff::new(metrics),
             accept_unarmed: Vec::new(),
             expired: Vec::new(),
+            next_generation: 0,
         };
         for listener in 0..listeners {
             http.arm_accept(listener, queue);
@@ -95,7 +101,7 @@ impl HttpConnections {
         let conn = self.table.get_mut(key).expect("live connection");
         let entry = opcode::RecvMulti::new(types::Fd(conn.fd.as_raw_fd()), group)
             .build()
-            .user_data(Op::ConnRecv.data(key));
+            .user_data(Op::ConnRecv.data(op_index(key, conn.generation)));
         conn.receiving = true;
         queue.push(entry);
     }
@@ -140,9 +146,12 @@ impl HttpConnections {
             // (Its slot is freed once its cancelled operations end.)
             self.close(victim, ConnectionClose::Evicted, queue);
         }
+        let generation = self.next_generation;
+        self.next_generation = (generation + 1) & GENERATION_MASK;
         let key = self.table.insert(
             Conn {
                 fd,
+                generation,
                 http: HttpConnection::new(peer, self.connection_rules),
                 send_buf: Vec::new(),
                 sent: 0,
@@ -176,7 +185,7 @@ impl HttpConnections {
 
     pub fn on_recv(
         &mut self,
-        key: usize,
+        index: usize,
         result: i32,
         flags: u32,
         handler: &mut HttpHandler,
@@ -185,8 +194,7 @@ impl HttpConnections {
     ) {
         // (Taken when reaped: `take_buffer`.) Given back whatever becomes of the connection.
         let bid = cqueue::buffer_select(flags);
-        let Some(conn) = self.table.get_mut(key) else {
-            // (Cannot happen while slots are freed only with nothing in flight.)
+        let Some((key, conn)) = live(&mut self.table, index, |c| c.receiving) else {
             if let Some(bid) = bid {
                 self.bufs.give_back(bid);
             }
@@ -221,13 +229,13 @@ impl HttpConnections {
 
     pub fn on_send(
         &mut self,
-        key: usize,
+        index: usize,
         result: i32,
         handler: &mut HttpHandler,
         queue: &mut Queue,
         now: Instant,
     ) {
-        let Some(conn) = self.table.get_mut(key) else {
+        let Some((key, conn)) = live(&mut self.table, index, |c| c.sending) else {
             return;
         };
         conn.sending = false;
@@ -289,7 +297,8 @@ impl HttpConnections {
             // Stop reading a client that leaves its answers unread: what it sends waits in
             // the kernel, which stops it with TCP flow control, not in our memory.
             conn.pausing = true;
-            queue.push(cancel(Op::ConnRecv.data(key), key));
+            let recv = Op::ConnRecv.data(op_index(key, conn.generation));
+            queue.push(cancel(recv, key));
         }
         let conn = self.table.get(key).expect("live connection");
         let activity = Activity {
@@ -310,7 +319,7 @@ impl HttpConnections {
         )
         .flags(libc::MSG_NOSIGNAL)
         .build()
-        .user_data(Op::ConnSend.data(key));
+        .user_data(Op::ConnSend.data(op_index(key, conn.generation)));
         conn.sending = true;
         queue.push(entry);
     }
@@ -329,11 +338,12 @@ impl HttpConnections {
                 abort_socket(&conn.fd);
                 let _ = socket2::SockRef::from(&conn.fd).shutdown(std::net::Shutdown::Both);
             }
+            let index = op_index(key, conn.generation);
             if conn.receiving {
-                queue.push(cancel(Op::ConnRecv.data(key), key));
+                queue.push(cancel(Op::ConnRecv.data(index), key));
             }
             if conn.sending {
-                queue.push(cancel(Op::ConnSend.data(key), key));
+                queue.push(cancel(Op::ConnSend.data(index), key));
             }
         }
         self.free_if_done(key);
@@ -370,11 +380,49 @@ impl HttpConnections {
     }
 
     /// How many connections hold a receive, and a send, queued or in flight: what their slots
-    /// wait for before they are freed.
-    pub fn operations_claimed(&self) -> (usize, usize) {
-        self.table.iter().fold((0, 0), |(r, s), c| {
-            (r + usize::from(c.receiving), s + usize::from(c.sending))
+    /// wait for before they are freed; and how many hold neither (a slot that nothing will
+    /// ever free: after each completion a connection is freed or waits for one).
+    pub fn operations_claimed(&self) -> (usize, usize, usize) {
+        self.table.iter().fold((0, 0, 0), |(r, s, none), c| {
+            (
+                r + usize::from(c.receiving),
+                s + usize::from(c.sending),
+                none + usize::from(!c.receiving && !c.sending),
+            )
         })
+    }
+}
+
+/// Generations wrap within 24 bits: with the key's 32 below, a `user_data` index fits in its
+/// 56 bits.
+const GENERATION_MASK: u32 = (1 << 24) - 1;
+
+/// The `user_data` index of connection `key`'s operations: the key, and its generation above.
+/// A completion must find its own connection in the slot, never a later one the slot was
+/// reused for: applied to that one, it would clear the `sending` of a send still in flight,
+/// and its buffer could then be rewritten while the kernel reads it. (Slots are freed only
+/// with nothing in flight, so such a completion does not come; this makes sure.)
+fn op_index(key: usize, generation: u32) -> usize {
+    debug_assert!(key < 1 << 32, "connection key {key} beyond 32 bits");
+    key | (generation as usize) << 32
+}
+
+/// The connection a completion with `index` is for, if it is still in its slot and `waits`
+/// for that completion (`receiving` or `sending`); debug builds panic otherwise.
+fn live(
+    table: &mut ConnectionTable<Conn>,
+    index: usize,
+    waits: impl Fn(&Conn) -> bool,
+) -> Option<(usize, &mut Conn)> {
+    let (key, generation) = (index & 0xffff_ffff, (index >> 32) as u32);
+    match table.get_mut(key) {
+        Some(conn) if conn.generation == generation && waits(conn) => Some((key, conn)),
+        _ => {
+            if cfg!(debug_assertions) {
+                panic!("a completion for connection slot {key} found no operation waiting for it");
+            }
+            None
+        }
     }
 }
 

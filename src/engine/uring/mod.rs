@@ -396,8 +396,9 @@ impl Ring {
     /// Debug builds: the flags that keep send slots and connection slots from being freed
     /// match the operations actually queued or in flight. A slot freed with an operation still
     /// in flight (which the kernel could then complete into memory reused for another) shows
-    /// here as an operation that no slot claims; a slot whose operation ended unnoticed
-    /// (never freed) as a claim without an operation.
+    /// here as an operation that no slot claims (and when it completes, in `http::live`); a
+    /// slot whose operation ended unnoticed as a claim without an operation; a connection
+    /// left with no operation at all, which no completion will ever free, as one idle.
     fn check_ownership(&self) {
         let pending = |op: Op| {
             self.in_flight[op as usize]
@@ -408,12 +409,13 @@ impl Ring {
                     .filter(|e| kind(e.get_user_data()) == op as usize)
                     .count()
         };
-        let (receiving, sending) = self.http.operations_claimed();
+        let (receiving, sending, idle) = self.http.operations_claimed();
         assert_eq!(
             (pending(Op::ConnRecv), pending(Op::ConnSend)),
             (receiving, sending),
             "HTTP receives and sends in flight vs connections that wait for them"
         );
+        assert_eq!(idle, 0, "connections waiting for no operation: never freed");
         assert_eq!(
             pending(Op::UdpSend),
             self.udp.slots_in_use(),
