@@ -142,11 +142,11 @@ impl BufRing {
         let addr = self.buffers as u64 + u64::from(bid) * self.size as u64;
         // SAFETY: entry `tail & mask` is inside the `count * 16` mapped bytes, and 8-aligned
         // (the mapping is page-aligned); its fields are at their natural alignment. The
-        // kernel does not read it now: it reads only entries before the published tail, and
-        // at most `count` entries are ever unconsumed (a buffer enters the ring once at the
-        // start, then only when given back after a completion took it, which `held`
-        // checks), so the entry at our tail is one the kernel has consumed already. The u16 at offset 14, which in
-        // entry 0 is the tail, is not written here.
+        // kernel is not reading it: it reads only entries between its head and the published
+        // tail, and fewer than `count` are there now (a buffer enters the ring once at the
+        // start, then only when given back after a completion took it out, which `held`
+        // checks; `bid` is not in it), so the entry at our tail is not among them. The u16
+        // at offset 14, which in entry 0 is the tail, is not written here.
         unsafe {
             let entry = self.ring.add(usize::from(self.tail & mask) * ENTRY_BYTES);
             entry.cast::<u64>().write(addr);
