@@ -219,7 +219,8 @@ fn raise_open_files_limit(config: &Config, workers: usize) {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit and setrlimit read and write the struct they are given.
+    // SAFETY: getrlimit writes one rlimit through the pointer, which is to `limit`, live and
+    // writable.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return;
     }
@@ -228,6 +229,7 @@ fn raise_open_files_limit(config: &Config, workers: usize) {
             rlim_cur: limit.rlim_max,
             ..limit
         };
+        // SAFETY: setrlimit reads one rlimit through the pointer, which is to `raised`, live.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
             limit = raised;
         }
@@ -386,13 +388,13 @@ impl RunningServer {
                 }
                 Ok(ServerEvent::Signal(signal)) => {
                     tracing::info!(signal, "stopping");
-                    self.stop_workers(self.workers);
+                    let _ = self.stop_workers(self.workers);
                     return Exit::Stopped;
                 }
                 Ok(ServerEvent::WorkerExited { name, panicked }) => {
                     let why = if panicked { "panicked" } else { "stopped" };
                     tracing::error!(worker = %name, "worker {why}; exiting");
-                    self.stop_workers(self.workers - 1);
+                    let _ = self.stop_workers(self.workers - 1);
                     return Exit::WorkerDied(name);
                 }
                 Err(_) => unreachable!("the server holds a sender"),
@@ -400,22 +402,30 @@ impl RunningServer {
         }
     }
 
-    /// Stops the workers and waits (up to a second) for them to exit.
-    pub fn stop(mut self) {
-        self.stop_workers(self.workers);
+    /// Stops the workers and waits (up to a second) for them to exit: `WorkerDied` names one
+    /// that panicked, now or before (tests see their engine's assertions fail this way).
+    pub fn stop(mut self) -> Exit {
+        self.stop_workers(self.workers)
     }
 
-    fn stop_workers(&mut self, running: usize) {
+    /// Stops the `running` workers; the first that panicked, as an `Exit`.
+    fn stop_workers(&mut self, running: usize) -> Exit {
         self.metrics.set_not_ready();
         self.shutdown.request();
         let deadline = Instant::now() + Duration::from_secs(1);
         let mut left = running;
+        let mut exit = Exit::Stopped;
         while left > 0 {
             match self
                 .events
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             {
-                Ok(ServerEvent::WorkerExited { .. }) => left -= 1,
+                Ok(ServerEvent::WorkerExited { name, panicked }) => {
+                    left -= 1;
+                    if panicked && exit == Exit::Stopped {
+                        exit = Exit::WorkerDied(name);
+                    }
+                }
                 Ok(ServerEvent::Signal(_)) => {}
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
                     tracing::warn!(workers = left, "workers did not stop within a second");
@@ -426,6 +436,7 @@ impl RunningServer {
         if let Some(maintenance) = self.maintenance.take() {
             let _ = maintenance.join();
         }
+        exit
     }
 }
 

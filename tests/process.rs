@@ -153,7 +153,8 @@ fn spawn_command(mut command: Command) -> (Child, String, BufReader<std::process
 
 fn stop_within_a_second(mut child: Child, signal: i32) -> i32 {
     let started = Instant::now();
-    // SAFETY: kill(2) on the PID of a child we own.
+    // SAFETY: kill takes no pointers; the PID is `child`'s, not reaped yet (we wait for it
+    // below), so it names that process and no other.
     assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -294,8 +295,10 @@ fn a_worker_that_dies_ends_the_server() {
 /// Makes `io_uring_setup` fail with EPERM in the child, as Docker 25+ and containerd 2 do.
 fn deny_io_uring(command: &mut Command) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: pre_exec runs between fork and exec; prctl is async-signal-safe and the filter
-    // lives on this stack frame until prctl has copied it.
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+    // work is sound (another thread may have held a lock, the allocator's say, at the fork):
+    // it fills arrays on its stack, calls prctl (async-signal-safe) and makes its error
+    // without allocating. The filter lives on its stack until prctl has copied it.
     unsafe {
         command.pre_exec(|| {
             let nr = libc::SYS_io_uring_setup as u32;
@@ -449,7 +452,8 @@ fn sighup_reloads_the_torrent_list_without_a_restart() {
     assert_eq!(announce(1), None);
     assert_eq!(announce(2).as_deref(), Some("torrent not approved"));
     std::fs::write(&list, format!("{}\n", "02".repeat(20))).unwrap();
-    // SAFETY: kill(2) on the PID of a child we own.
+    // SAFETY: kill takes no pointers; the PID is `child`'s, not reaped yet (it is stopped
+    // below), so it names that process and no other.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
     let deadline = Instant::now() + Duration::from_secs(5);
     while announce(2).is_some() {
@@ -510,7 +514,9 @@ fn out_of_descriptors_accepting_backs_off_quietly_and_recovers() {
             engine,
         ]);
         use std::os::unix::process::CommandExt;
-        // SAFETY: setrlimit is async-signal-safe; it runs between fork and exec.
+        // SAFETY: the closure runs in the forked child before exec, where only
+        // async-signal-safe work is sound: it calls setrlimit (async-signal-safe) with a
+        // pointer to a live local, and makes its error without allocating.
         unsafe {
             command.pre_exec(|| {
                 let limit = libc::rlimit {

@@ -157,6 +157,11 @@ impl<C> ConnectionTable<C> {
         self.slots.get_mut(key).map(|s| &mut s.conn)
     }
 
+    /// Every connection with a slot, open or closing.
+    pub fn iter(&self) -> impl Iterator<Item = &C> {
+        self.slots.iter().map(|(_, s)| &s.conn)
+    }
+
     /// Whether `key` is an open connection (not closing, not freed).
     #[cfg(test)]
     fn is_open(&self, key: usize) -> bool {

@@ -167,11 +167,13 @@ mod tests {
     #[test]
     fn raw_socket_addresses_convert() {
         let v4: socket2::SockAddr = "1.2.3.4:5".parse::<SocketAddr>().unwrap().into();
-        // SAFETY: reads the SockAddr's own initialised bytes.
+        // SAFETY: as_ptr points at the SockAddr's sockaddr_storage, zeroed at creation and
+        // then written, and len() is at most its size; `v4` outlives `bytes`.
         let bytes =
             unsafe { std::slice::from_raw_parts(v4.as_ptr().cast::<u8>(), v4.len() as usize) };
         assert_eq!(sockaddr_to_std(bytes), Some("1.2.3.4:5".parse().unwrap()));
         let v6: socket2::SockAddr = "[2001:db8::1]:6".parse::<SocketAddr>().unwrap().into();
+        // SAFETY: as above, for `v6`.
         let bytes =
             unsafe { std::slice::from_raw_parts(v6.as_ptr().cast::<u8>(), v6.len() as usize) };
         assert_eq!(

@@ -651,7 +651,8 @@ fn unix_ms() -> u64 {
 
 fn host_name() -> Option<String> {
     let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most `len` bytes into the buffer it is given.
+    // SAFETY: gethostname writes at most `len` bytes through the pointer, and `buf` is a live
+    // array of that many; it may leave the name unterminated, which the search below allows.
     if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
         return None;
     }

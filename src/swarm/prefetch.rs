@@ -85,7 +85,9 @@ impl BucketLayout {
 #[inline(always)]
 pub(super) fn prefetch_line(address: usize) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint: it never faults and reads nothing into the program.
+    // SAFETY: _mm_prefetch needs SSE, which every x86_64 CPU has. It never dereferences the
+    // address for the program: a prefetch is a hint that does not fault, whatever the
+    // address, so any usize is sound here.
     unsafe {
         std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(address as *const i8);
     }

@@ -22,6 +22,9 @@ struct Connection {
     /// Reading stopped because the client leaves its answers unread; it resumes once they
     /// are written (edge-triggered epoll reports no data that was already there).
     read_paused: bool,
+    /// The client sent its last byte: close once everything is answered and written (an
+    /// answer larger than the socket's buffer was cut short when this closed at once).
+    eof: bool,
 }
 
 pub struct HttpConnections {
@@ -98,6 +101,7 @@ impl HttpConnections {
             http: HttpConnection::new(peer, self.connection_rules),
             wants_writable: false,
             read_paused: false,
+            eof: false,
         };
         let inserted = self.table.insert(connection, peer, now);
         debug_assert_eq!(inserted, key);
@@ -120,13 +124,17 @@ impl HttpConnections {
             return;
         };
         let mut answered = 0;
-        let mut read = event.is_readable() || event.is_read_closed();
+        let mut read = (event.is_readable() || event.is_read_closed()) && !conn.eof;
         let mut open = loop {
             if read && !read_all(conn, &mut self.read_buffer, handler, &mut answered) {
                 break false;
             }
             if !flush(conn, handler, &mut answered) {
                 break false;
+            }
+            if conn.eof {
+                // Whatever input is left is a request that can never complete.
+                break !conn.http.pending_output().is_empty();
             }
             // Answers went out and made room: read what waited meanwhile.
             read = conn.read_paused && conn.http.wants_input();
@@ -190,9 +198,10 @@ fn read_all(
         }
         match conn.stream.read(buffer) {
             Ok(0) => {
-                // The client is done sending; answer what it sent, then close.
-                let _ = flush(conn, handler, answered);
-                return false;
+                // The client is done sending: answer what it sent, then close.
+                conn.eof = true;
+                conn.read_paused = false;
+                return true;
             }
             Ok(n) => *answered += conn.http.received(&buffer[..n], handler),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

@@ -23,27 +23,24 @@ pub struct MmsgBatch {
     send_headers: Vec<libc::mmsghdr>,
 }
 
-// SAFETY: the raw pointers inside the iovecs and headers only ever point into this struct's own
-// buffers, and are rebuilt before every syscall.
-unsafe impl Send for MmsgBatch {}
-
-fn zeroed<T>() -> T {
-    // SAFETY: only used for plain C structs (iovec, mmsghdr, sockaddr_in6), for which all
-    // zero bytes is a valid value.
-    unsafe { std::mem::zeroed() }
-}
+const SOCKADDR_BYTES: usize = size_of::<libc::sockaddr_in6>();
 
 impl MmsgBatch {
     pub fn new(batch: usize) -> Self {
+        // SAFETY: sockaddr_in6, iovec and mmsghdr are C structs of integers and raw pointers,
+        // for which all-zero bytes (null pointers, zero lengths) is a valid value. (The
+        // pointers are set before each syscall.)
+        let (addr, iovec, header): (libc::sockaddr_in6, libc::iovec, libc::mmsghdr) =
+            unsafe { (std::mem::zeroed(), std::mem::zeroed(), std::mem::zeroed()) };
         MmsgBatch {
             recv_buffers: vec![[0; MAX_UDP_REQUEST_BYTES]; batch],
-            recv_addrs: (0..batch).map(|_| zeroed()).collect(),
-            recv_iovecs: (0..batch).map(|_| zeroed()).collect(),
-            recv_headers: (0..batch).map(|_| zeroed()).collect(),
+            recv_addrs: vec![addr; batch],
+            recv_iovecs: vec![iovec; batch],
+            recv_headers: vec![header; batch],
             responses: (0..batch).map(|_| Vec::with_capacity(1500)).collect(),
             send_to: Vec::with_capacity(batch),
-            send_iovecs: (0..batch).map(|_| zeroed()).collect(),
-            send_headers: (0..batch).map(|_| zeroed()).collect(),
+            send_iovecs: vec![iovec; batch],
+            send_headers: vec![header; batch],
         }
     }
 
@@ -60,14 +57,17 @@ impl MmsgBatch {
                 let header = &mut self.recv_headers[i].msg_hdr;
                 header.msg_name = (&raw mut self.recv_addrs[i]).cast();
                 // A sockaddr_in6 holds either family's source address.
-                header.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+                header.msg_namelen = SOCKADDR_BYTES as libc::socklen_t;
                 header.msg_iov = &raw mut self.recv_iovecs[i];
                 header.msg_iovlen = 1;
                 header.msg_control = std::ptr::null_mut();
                 header.msg_controllen = 0;
                 header.msg_flags = 0;
             }
-            // SAFETY: every header points at live buffers of the sizes given above.
+            // SAFETY: recvmmsg writes through the first `batch` headers of recv_headers (that
+            // many exist), each set just above to point at its own address (a sockaddr_in6,
+            // msg_namelen bytes), iovec and receive buffer (MAX_UDP_REQUEST_BYTES, iov_len):
+            // all owned by self, live and not otherwise borrowed during the call.
             let received = unsafe {
                 libc::recvmmsg(
                     fd,
@@ -122,14 +122,25 @@ impl MmsgBatch {
 
     /// The source address of received datagram `i`.
     fn source(&self, i: usize) -> Option<SocketAddr> {
-        // SAFETY: the kernel wrote msg_namelen bytes of address into recv_addrs[i].
+        // SAFETY: reads at most the SOCKADDR_BYTES bytes of recv_addrs[i], a live
+        // sockaddr_in6, which has no padding: all its bytes are initialised fields.
+        // (msg_namelen is the address's true length, which recvmmsg may set beyond the room
+        // given; hence the bound.)
         let name = unsafe {
             std::slice::from_raw_parts(
                 (&raw const self.recv_addrs[i]).cast::<u8>(),
-                self.recv_headers[i].msg_hdr.msg_namelen as usize,
+                self.name_len(i) as usize,
             )
         };
         sockaddr_to_std(name)
+    }
+
+    /// The length of received datagram `i`'s source address, within its sockaddr_in6.
+    fn name_len(&self, i: usize) -> libc::socklen_t {
+        self.recv_headers[i]
+            .msg_hdr
+            .msg_namelen
+            .min(SOCKADDR_BYTES as libc::socklen_t)
     }
 
     /// Sends the first `count` responses. Datagrams the socket cannot take now are dropped:
@@ -140,10 +151,11 @@ impl MmsgBatch {
                 iov_base: self.responses[i].as_mut_ptr().cast(),
                 iov_len: self.responses[i].len(),
             };
-            let header = &mut self.send_headers[i].msg_hdr;
             let request = self.send_to[i];
+            let name_len = self.name_len(request);
+            let header = &mut self.send_headers[i].msg_hdr;
             header.msg_name = (&raw mut self.recv_addrs[request]).cast();
-            header.msg_namelen = self.recv_headers[request].msg_hdr.msg_namelen;
+            header.msg_namelen = name_len;
             header.msg_iov = &raw mut self.send_iovecs[i];
             header.msg_iovlen = 1;
             header.msg_control = std::ptr::null_mut();
@@ -152,7 +164,10 @@ impl MmsgBatch {
         }
         let mut sent = 0;
         while sent < count {
-            // SAFETY: headers [sent, count) point at live responses and addresses.
+            // SAFETY: sendmmsg reads `count - sent` headers from send_headers[sent..] (count <=
+            // batch of them exist), each set above to point at its own iovec, the response's
+            // bytes (iov_len = its length) and its request's source address (name_len bytes
+            // of a sockaddr_in6): all owned by self and live during the call.
             let n = unsafe {
                 libc::sendmmsg(
                     fd,

@@ -26,6 +26,9 @@ const HTTP_GROUP: u16 = 1;
 
 struct Conn {
     fd: OwnedFd,
+    /// Tells this connection's completions from those of an earlier one in the same slot
+    /// (see [`op_index`]).
+    generation: u32,
     http: HttpConnection,
     /// What the in-flight send reads from; untouched until that send completes.
     send_buf: Vec<u8>,
@@ -49,6 +52,8 @@ pub struct HttpConnections {
     /// Listeners whose multishot accept ended while accepting was paused.
     accept_unarmed: Vec<usize>,
     expired: Vec<(usize, ConnectionClose)>,
+    /// The generation the next connection gets.
+    next_generation: u32,
 }
 
 impl HttpConnections {
@@ -75,6 +80,7 @@ impl HttpConnections {
             backoff: AcceptBackoff::new(metrics),
             accept_unarmed: Vec::new(),
             expired: Vec::new(),
+            next_generation: 0,
         };
         for listener in 0..listeners {
             http.arm_accept(listener, queue);
@@ -95,7 +101,7 @@ impl HttpConnections {
         let conn = self.table.get_mut(key).expect("live connection");
         let entry = opcode::RecvMulti::new(types::Fd(conn.fd.as_raw_fd()), group)
             .build()
-            .user_data(Op::ConnRecv.data(key));
+            .user_data(Op::ConnRecv.data(op_index(key, conn.generation)));
         conn.receiving = true;
         queue.push(entry);
     }
@@ -124,7 +130,9 @@ impl HttpConnections {
         if result < 0 {
             return;
         }
-        // SAFETY: a successful accept returns a new descriptor that we now own.
+        // SAFETY: a successful accept (into the descriptor table: no fixed-file slot was
+        // asked for) returns a new open descriptor that nothing else owns; it is wrapped
+        // once, here.
         let fd = unsafe { OwnedFd::from_raw_fd(result) };
         let Some(peer) = peer_addr(&fd) else { return };
         let victim = match self.table.admit(peer, now) {
@@ -135,11 +143,15 @@ impl HttpConnections {
             }
         };
         if let Some(victim) = victim {
+            // (Its slot is freed once its cancelled operations end.)
             self.close(victim, ConnectionClose::Evicted, queue);
         }
+        let generation = self.next_generation;
+        self.next_generation = (generation + 1) & GENERATION_MASK;
         let key = self.table.insert(
             Conn {
                 fd,
+                generation,
                 http: HttpConnection::new(peer, self.connection_rules),
                 send_buf: Vec::new(),
                 sent: 0,
@@ -173,18 +185,23 @@ impl HttpConnections {
 
     pub fn on_recv(
         &mut self,
-        key: usize,
+        index: usize,
         result: i32,
         flags: u32,
         handler: &mut HttpHandler,
         queue: &mut Queue,
         now: Instant,
     ) {
-        let Some(conn) = self.table.get_mut(key) else {
+        // (Taken when reaped: `take_buffer`.) Given back whatever becomes of the connection.
+        let bid = cqueue::buffer_select(flags);
+        let Some((key, conn)) = live(&mut self.table, index, |c| c.receiving) else {
+            if let Some(bid) = bid {
+                self.bufs.give_back(bid);
+            }
             return;
         };
         let mut answered = 0;
-        if let Some(bid) = cqueue::buffer_select(flags) {
+        if let Some(bid) = bid {
             if result > 0 && !conn.closing && !conn.eof {
                 answered = conn
                     .http
@@ -212,19 +229,18 @@ impl HttpConnections {
 
     pub fn on_send(
         &mut self,
-        key: usize,
+        index: usize,
         result: i32,
         handler: &mut HttpHandler,
         queue: &mut Queue,
         now: Instant,
     ) {
-        let Some(conn) = self.table.get_mut(key) else {
+        let Some((key, conn)) = live(&mut self.table, index, |c| c.sending) else {
             return;
         };
         conn.sending = false;
         if result <= 0 {
             self.close(key, ConnectionClose::Done, queue);
-            self.free_if_done(key);
             return;
         }
         conn.sent += result as usize;
@@ -270,7 +286,6 @@ impl HttpConnections {
                     ConnectionClose::Done
                 };
                 self.close(key, reason, queue);
-                self.free_if_done(key);
                 return;
             }
         }
@@ -282,7 +297,8 @@ impl HttpConnections {
             // Stop reading a client that leaves its answers unread: what it sends waits in
             // the kernel, which stops it with TCP flow control, not in our memory.
             conn.pausing = true;
-            queue.push(cancel(Op::ConnRecv.data(key), key));
+            let recv = Op::ConnRecv.data(op_index(key, conn.generation));
+            queue.push(cancel(recv, key));
         }
         let conn = self.table.get(key).expect("live connection");
         let activity = Activity {
@@ -303,33 +319,34 @@ impl HttpConnections {
         )
         .flags(libc::MSG_NOSIGNAL)
         .build()
-        .user_data(Op::ConnSend.data(key));
+        .user_data(Op::ConnSend.data(op_index(key, conn.generation)));
         conn.sending = true;
         queue.push(entry);
     }
 
-    /// Starts closing `key`: cancels what is in flight; for anything but a normal end, also
-    /// shuts the socket down and resets it, so a send stuck on a client that never reads
-    /// ends too. The slot is freed once nothing of it is in flight ([`Self::free_if_done`]).
+    /// Closes `key`: cancels what is in flight; for anything but a normal end, also shuts the
+    /// socket down and resets it, so a send stuck on a client that never reads ends too. The
+    /// slot is freed now if nothing of it is in flight, else when the last of it completes
+    /// ([`Self::free_if_done`] from the completion handlers).
     fn close(&mut self, key: usize, reason: ConnectionClose, queue: &mut Queue) {
         self.table.close(key, reason);
-        let Some(conn) = self.table.get_mut(key) else {
-            return;
-        };
-        if conn.closing {
-            return;
+        if let Some(conn) = self.table.get_mut(key)
+            && !conn.closing
+        {
+            conn.closing = true;
+            if reason != ConnectionClose::Done {
+                abort_socket(&conn.fd);
+                let _ = socket2::SockRef::from(&conn.fd).shutdown(std::net::Shutdown::Both);
+            }
+            let index = op_index(key, conn.generation);
+            if conn.receiving {
+                queue.push(cancel(Op::ConnRecv.data(index), key));
+            }
+            if conn.sending {
+                queue.push(cancel(Op::ConnSend.data(index), key));
+            }
         }
-        conn.closing = true;
-        if reason != ConnectionClose::Done {
-            abort_socket(&conn.fd);
-            let _ = socket2::SockRef::from(&conn.fd).shutdown(std::net::Shutdown::Both);
-        }
-        if conn.receiving {
-            queue.push(cancel(Op::ConnRecv.data(key), key));
-        }
-        if conn.sending {
-            queue.push(cancel(Op::ConnSend.data(key), key));
-        }
+        self.free_if_done(key);
     }
 
     /// Frees a closing connection once nothing of it is in flight (dropping the fd closes it).
@@ -349,13 +366,63 @@ impl HttpConnections {
         self.table.expired(now, &mut expired);
         for &(key, reason) in &expired {
             self.close(key, reason, queue);
-            self.free_if_done(key);
         }
         self.expired = expired;
     }
 
     pub fn publish(&self) {
         self.bufs.publish();
+    }
+
+    /// Takes the receive buffer a reaped completion carries (see [`BufRing::take`]).
+    pub fn take_buffer(&mut self, flags: u32) {
+        self.bufs.take(flags);
+    }
+
+    /// How many connections hold a receive, and a send, queued or in flight: what their slots
+    /// wait for before they are freed; and how many hold neither (a slot that nothing will
+    /// ever free: after each completion a connection is freed or waits for one).
+    pub fn operations_claimed(&self) -> (usize, usize, usize) {
+        self.table.iter().fold((0, 0, 0), |(r, s, none), c| {
+            (
+                r + usize::from(c.receiving),
+                s + usize::from(c.sending),
+                none + usize::from(!c.receiving && !c.sending),
+            )
+        })
+    }
+}
+
+/// Generations wrap within 24 bits: with the key's 32 below, a `user_data` index fits in its
+/// 56 bits.
+const GENERATION_MASK: u32 = (1 << 24) - 1;
+
+/// The `user_data` index of connection `key`'s operations: the key, and its generation above.
+/// A completion must find its own connection in the slot, never a later one the slot was
+/// reused for: applied to that one, it would clear the `sending` of a send still in flight,
+/// and its buffer could then be rewritten while the kernel reads it. (Slots are freed only
+/// with nothing in flight, so such a completion does not come; this makes sure.)
+fn op_index(key: usize, generation: u32) -> usize {
+    debug_assert!(key < 1 << 32, "connection key {key} beyond 32 bits");
+    key | (generation as usize) << 32
+}
+
+/// The connection a completion with `index` is for, if it is still in its slot and `waits`
+/// for that completion (`receiving` or `sending`); debug builds panic otherwise.
+fn live(
+    table: &mut ConnectionTable<Conn>,
+    index: usize,
+    waits: impl Fn(&Conn) -> bool,
+) -> Option<(usize, &mut Conn)> {
+    let (key, generation) = (index & 0xffff_ffff, (index >> 32) as u32);
+    match table.get_mut(key) {
+        Some(conn) if conn.generation == generation && waits(conn) => Some((key, conn)),
+        _ => {
+            if cfg!(debug_assertions) {
+                panic!("a completion for connection slot {key} found no operation waiting for it");
+            }
+            None
+        }
     }
 }
 

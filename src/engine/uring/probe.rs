@@ -64,13 +64,17 @@ fn describe(e: &io::Error, what: &str) -> String {
 }
 
 fn kernel_version() -> (u32, u32) {
-    // SAFETY: uname fills the struct it is given.
+    // SAFETY: utsname is a C struct of char arrays, for which all-zero bytes is a valid
+    // value.
     let mut name: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: uname writes only into the struct it is given, a live and writable utsname.
     if unsafe { libc::uname(&mut name) } != 0 {
         return (0, 0);
     }
-    // SAFETY: release is a NUL-terminated string after a successful uname.
-    let release = unsafe { std::ffi::CStr::from_ptr(name.release.as_ptr()) }.to_string_lossy();
+    let release = name.release.map(|c| c as u8);
+    let release = std::ffi::CStr::from_bytes_until_nul(&release)
+        .map(|r| r.to_string_lossy())
+        .unwrap_or_default();
     let mut parts = release
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|p| p.parse().ok());

@@ -17,10 +17,17 @@ const UDP_GROUP: u16 = 0;
 /// payload in each buffer.
 const RECV_BUFFER_BYTES: usize = 16 + 32 + MAX_UDP_REQUEST_BYTES;
 
+/// What a Send reads: taken off `free` when its answer is written, back on it when the Send's
+/// completion is reaped (or at once, when there is nothing to send). So a slot's bytes are
+/// never rewritten while the kernel may still read them.
 struct SendSlot {
-    name: libc::sockaddr_in6,
+    /// The destination, a sockaddr_in or sockaddr_in6 as the receive gave it (the kernel
+    /// reads it as bytes).
+    name: [u8; SOCKADDR_BYTES],
     buf: Vec<u8>,
 }
+
+const SOCKADDR_BYTES: usize = size_of::<libc::sockaddr_in6>();
 
 pub struct UdpSockets {
     bufs: BufRing,
@@ -30,9 +37,6 @@ pub struct UdpSockets {
     slots: Box<[SendSlot]>,
     free: Vec<u32>,
 }
-
-// SAFETY: the raw pointers in the slots and the header point into this struct's own boxes.
-unsafe impl Send for UdpSockets {}
 
 impl UdpSockets {
     pub fn new(
@@ -48,9 +52,10 @@ impl UdpSockets {
         };
         let bufs = BufRing::new(ring, UDP_GROUP, count, RECV_BUFFER_BYTES)
             .map_err(|e| anyhow::anyhow!("UDP buffer ring: {e}"))?;
-        // SAFETY: all-zero is a valid msghdr.
+        // SAFETY: msghdr is a C struct of integers and raw pointers, for which all-zero bytes
+        // (null pointers, zero lengths) is a valid value.
         let mut recv_header: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
-        recv_header.msg_namelen = size_of::<libc::sockaddr_in6>() as u32;
+        recv_header.msg_namelen = SOCKADDR_BYTES as u32;
         let slot_count = if sockets == 0 {
             0
         } else {
@@ -58,8 +63,7 @@ impl UdpSockets {
         };
         let slots: Box<[SendSlot]> = (0..slot_count)
             .map(|_| SendSlot {
-                // SAFETY: all-zero is a valid sockaddr_in6.
-                name: unsafe { std::mem::zeroed() },
+                name: [0; SOCKADDR_BYTES],
                 buf: Vec::with_capacity(1500),
             })
             .collect();
@@ -100,6 +104,7 @@ impl UdpSockets {
             tracing::debug!(socket, result, "UDP multishot receive ended; re-arming");
             self.arm(socket, queue);
         }
+        // (Taken when reaped: `take_buffer`.)
         let Some(bid) = cqueue::buffer_select(flags) else {
             return;
         };
@@ -107,6 +112,11 @@ impl UdpSockets {
             self.answer(socket, bid, result as usize, handler, queue);
         }
         self.bufs.give_back(bid);
+    }
+
+    /// Takes the receive buffer a reaped completion carries (see [`BufRing::take`]).
+    pub fn take_buffer(&mut self, flags: u32) {
+        self.bufs.take(flags);
     }
 
     /// One prefetch step for a received datagram (see [`UdpHandler::prefetch`]).
@@ -157,14 +167,8 @@ impl UdpSockets {
             self.free.push(index);
             return;
         }
-        // SAFETY: name is at most a sockaddr_in6, as the template header asked.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                name.as_ptr(),
-                (&raw mut slot.name).cast::<u8>(),
-                name.len(),
-            )
-        };
+        // (At most a sockaddr_in6: the template header leaves that much room.)
+        slot.name[..name.len()].copy_from_slice(name);
         let entry = opcode::Send::new(
             types::Fixed(socket as u32),
             slot.buf.as_ptr(),
@@ -177,8 +181,14 @@ impl UdpSockets {
         queue.push(entry);
     }
 
+    /// A Send's completion: its slot is free again, whatever the result.
     pub fn on_send(&mut self, slot: usize) {
         self.free.push(slot as u32);
+    }
+
+    /// Send slots taken off the free list (their Sends queued or in flight).
+    pub fn slots_in_use(&self) -> usize {
+        self.slots.len() - self.free.len()
     }
 
     pub fn publish(&self) {
