@@ -1,5 +1,6 @@
 //! Store benchmarks: announce into small and large swarms, scrape, cleaning; and the resident
-//! memory of one million IPv4 peers over 100k torrents (printed as bytes per peer).
+//! memory of one million IPv4 peers over 100k torrents, and of a million one-peer torrents
+//! (printed as bytes per peer).
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -129,5 +130,23 @@ fn memory(_: &mut Criterion) {
     black_box(store);
 }
 
-criterion_group!(benches, memory, announce);
+/// Not a timing: one million torrents of one IPv4 peer each, resident bytes per peer (the
+/// shard tables' slots and the one-entry lists dominate).
+fn memory_one_peer_torrents(_: &mut Criterion) {
+    let before = resident_bytes();
+    let store = filled(1_000_000, 1);
+    let after = resident_bytes();
+    assert_eq!(store.totals().torrents, 1_000_000);
+    println!(
+        "store/memory_1m_one_peer_torrents: {} bytes resident, {:.1} bytes per peer",
+        after - before,
+        (after - before) as f64 / 1e6
+    );
+    drop(black_box(store));
+    // SAFETY: malloc_trim only returns free memory to the system; nothing holds it. Without
+    // it the next measurement would start from pages this one freed but kept.
+    unsafe { libc::malloc_trim(0) };
+}
+
+criterion_group!(benches, memory_one_peer_torrents, memory, announce);
 criterion_main!(benches);
