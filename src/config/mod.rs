@@ -784,10 +784,14 @@ pub fn parse_hex_key(text: &str) -> Option<[u8; 16]> {
 }
 
 fn parse_error(text: &str, error: &serde_saphyr::Error) -> ConfigError {
+    // An error at the end of the input is placed just past the last line break: name the
+    // last line instead of one the file does not have (found by the fuzzer).
+    let last = text.lines().count().max(1);
     let line = error
         .location()
         .and_then(|loc| usize::try_from(loc.line()).ok())
-        .filter(|&l| l > 0);
+        .filter(|&l| l > 0)
+        .map(|l| l.min(last));
     // serde names an unknown key itself; for other errors the key is the one on the error line.
     let key = line.and_then(|l| locate::key_at_line(text, l));
     let message = first_line(&error.to_string());
@@ -1195,6 +1199,15 @@ mod tests {
         let err =
             Config::from_yaml("log:\r\n  level: info\r\nhttp:\r\n  bogus: 1\r\n").unwrap_err();
         assert_eq!(err.line, Some(4), "{err}");
+    }
+
+    #[test]
+    fn an_error_at_the_end_of_the_input_names_the_last_line() {
+        for text in ["\n?\n\n", "%%\n", "\n%hos\n"] {
+            let err = Config::from_yaml(text).unwrap_err();
+            let line = err.line.expect("a line");
+            assert!(line <= text.lines().count().max(1), "{text:?}: {err}");
+        }
     }
 
     #[test]
