@@ -38,18 +38,22 @@ CONF=$(mktemp -d)
 [ -x "$HAYATE" ] || (cd "$ROOT" && cargo build --release --locked)
 "$BENCH/references.sh" install >&2
 
-# config NAME ENGINE PROTO PORT [hooks|no-keep-alive]
+# Whether hayate binary $1 has the top-level config key $2 (older builds refuse newer keys).
+knows() { "$1" --print-config 2>/dev/null | grep -q "^$2:"; }
+
+# config NAME ENGINE PROTO PORT [hooks|no-keep-alive] (NAME base: for $BASELINE)
 config() {
-  local file="$CONF/$1.yaml"
+  local file="$CONF/$1.yaml" binary=$HAYATE
+  [ "$1" = base ] && binary=$BASELINE
   {
     echo "workers: 1"
     echo "engine: $2"
     echo "log: {level: warn}"
-    # Builds from before the metrics listener existed refuse the key.
-    [ "$1" = base ] || echo "metrics: {enabled: false}"
+    knows "$binary" metrics && echo "metrics: {enabled: false}"
     # The load testers are one source creating up to a million torrents: the per-source
-    # budget stays on (its cost is measured) but can never bind. (Older builds lack the key.)
-    [ "$1" = base ] || echo "per_source: {new_torrents_burst: 4000000000}"
+    # budget stays on (its cost is measured) but can never bind; were it left at its default
+    # in one build only, that build would refuse most torrents and look faster.
+    knows "$binary" per_source && echo "per_source: {new_torrents_burst: 4000000000}"
     if [ "$3" = udp ]; then
       echo "udp: {bind: [\"127.0.0.1:$4\"], connection_id_secret: \"00112233445566778899aabbccddeeff\"}"
       echo "http: {enabled: false}"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds the fuzz targets with AFL++ (cargo-afl, stable Rust) and fuzzes each for SECS
-# seconds from its seeds, then prints a table: executions, coverage (AFL's bitmap), corpus,
-# crashes and hangs. A crash is copied into fuzz/regressions/<target>/ (tests/replay.rs then
-# runs it in every `cargo test`) and fails the run.
+# seconds from its seeds and its corpus (what earlier runs found), then prints a table:
+# executions, coverage (AFL's bitmap), corpus, crashes and hangs. A crash is copied into
+# fuzz/regressions/<target>/ (tests/replay.rs then runs it in every `cargo test`) and fails
+# the run. With UPDATE_CORPUS=1, each target's queue is minimised (afl-cmin) into
+# fuzz/corpus/<target>/ afterwards, to be committed.
 #
 #   fuzz/run.sh [SECS] [TARGET...]      SECS=10 by default (CI); 600 for a real run
 #
@@ -22,16 +24,23 @@ stat() { sed -n "s/^$1 *: *//p" "$2"; }
 crashes_total=0
 printf '| target | seconds | executions | execs/s | coverage | corpus | crashes | hangs |\n|---|---|---|---|---|---|---|---|\n'
 for t in "${TARGETS[@]}"; do
-  out="out/$t"
-  rm -rf "$out"
-  mkdir -p out
-  cargo afl fuzz -V "$SECS" -i "seeds/$t" -o "$out" "target/release/$t" >"out/$t.log" 2>&1 || {
+  out="out/$t" in="out/$t.in"
+  rm -rf "$out" "$in"
+  mkdir -p "$in"
+  for f in "seeds/$t"/*; do cp "$f" "$in/seed-${f##*/}"; done
+  for f in "corpus/$t"/*; do [ -f "$f" ] && cp "$f" "$in/corpus-${f##*/}"; done
+  cargo afl fuzz -V "$SECS" -i "$in" -o "$out" "target/release/$t" >"out/$t.log" 2>&1 || {
     echo "afl-fuzz failed on $t:" >&2; tail -20 "out/$t.log" >&2; exit 1; }
   s="$out/default/fuzzer_stats"
   crashes=$(stat saved_crashes "$s")
   printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" "$(stat run_time "$s")" \
     "$(stat execs_done "$s")" "$(stat execs_per_sec "$s")" "$(stat bitmap_cvg "$s")" \
     "$(stat corpus_count "$s")" "$crashes" "$(stat saved_hangs "$s")"
+  if [ "${UPDATE_CORPUS:-0}" = 1 ]; then
+    rm -rf "corpus/$t"
+    cargo afl cmin -i "$out/default/queue" -o "corpus/$t" -- "target/release/$t" >"out/$t.cmin.log" 2>&1 || {
+      echo "afl-cmin failed on $t:" >&2; tail -20 "out/$t.cmin.log" >&2; exit 1; }
+  fi
   if [ "$crashes" != 0 ]; then
     mkdir -p "regressions/$t"
     cp "$out"/default/crashes/id:* "regressions/$t/"

@@ -1,12 +1,13 @@
-//! Every seed and every past finding of each target, through the target's body, without AFL:
-//! what the fuzzer once found stays fixed (`cargo test` in `fuzz/`, which ci/test.sh runs).
+//! Every seed, corpus entry and past finding of each target, through the target's body,
+//! without AFL: what the fuzzer once found stays fixed, and every input that reached new code
+//! is checked against each change (`cargo test` in `fuzz/`, which ci/test.sh runs).
 
 use std::path::Path;
 
 fn replay(target: &str, body: fn(&[u8])) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut inputs = 0;
-    for dir in ["seeds", "regressions"] {
+    for dir in ["seeds", "corpus", "regressions"] {
         let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else {
             continue;
         };

@@ -1,14 +1,14 @@
 //! The lock-striped in-memory swarm store: the only shared mutable state of the hot path.
 //!
-//! Torrents live in a power-of-two number of shards, each a `Mutex<HashMap>`, chosen by the
-//! info hash. Each torrent keeps its IPv4 and IPv6 peers apart, so IPv4 keys stay 6 bytes and
+//! Torrents live in a power-of-two number of shards chosen by the info hash, each a locked
+//! dense array of torrents with an index of positions (`torrent_table`). Each torrent keeps its IPv4 and IPv6 peers apart, so IPv4 keys stay 6 bytes and
 //! a family's peers are taken without filtering; the IPv6 peers sit behind a box that most
 //! torrents never allocate. Memory per peer is what limits how many peers one machine holds,
 //! so the layout is measured (`benches/store.rs`) rather than left to default collections.
 
 mod observer;
-mod peer_index;
 mod peer_map;
+mod position_index;
 mod prefetch;
 mod torrent_table;
 
@@ -26,7 +26,8 @@ use crate::bittorrent::{
 };
 use crate::clock::Clock;
 use peer_map::{Origin, PeerKey, PeerMap, PeerMapFull, Upserted, V4Key, V6Key};
-use torrent_table::{Hasher, LockedTable, TableGuard};
+use position_index::Hasher;
+use torrent_table::{LockedTable, TableGuard};
 
 type Shard = LockedTable<Torrent>;
 
@@ -55,8 +56,9 @@ pub struct SwarmLimits {
     pub peer_lifetime_secs: u32,
 }
 
-/// 32 bytes, beside its 20-byte key in the shard's table: the seeder counts live here rather
-/// than in the peer maps so that no field is padded out to the next 8 bytes.
+/// 48 bytes, beside its 20-byte key in the shard's array, a one-peer torrent's peer
+/// included: the seeder counts live here rather than in the peer maps so that no field is
+/// padded out to the next 8 bytes.
 #[derive(Default)]
 struct Torrent {
     v4: PeerMap<V4Key>,
@@ -68,7 +70,7 @@ struct Torrent {
     downloaded: u32,
 }
 
-const _: () = assert!(size_of::<Torrent>() == 32);
+const _: () = assert!(size_of::<Torrent>() == 48);
 
 #[derive(Default)]
 struct V6Peers {
@@ -239,9 +241,10 @@ impl SwarmStore {
     /// `shards` is rounded up to a power of two.
     pub fn new(shards: usize, limits: SwarmLimits, clock: Clock) -> Self {
         let n = shards.max(1).next_power_of_two();
+        let hasher = Hasher::default();
         SwarmStore {
-            shards: (0..n).map(|_| Shard::default()).collect(),
-            hasher: Hasher::default(),
+            shards: (0..n).map(|_| Shard::new(hasher.clone())).collect(),
+            hasher,
             torrent_count: AtomicUsize::new(0),
             limits,
             refresh_secs: (limits.peer_lifetime_secs / 4).max(1),
@@ -276,7 +279,7 @@ impl SwarmStore {
 
     /// `info_hash`'s shard, locked.
     fn lock(&self, info_hash: &InfoHash) -> TableGuard<'_, Torrent> {
-        self.shard(info_hash).lock(&self.hasher)
+        self.shard(info_hash).lock()
     }
 
     /// Brings into the cache, without waiting for them, the lines that an announce by `peer`
@@ -293,14 +296,18 @@ impl SwarmStore {
     ) {
         let shard = self.shard(info_hash);
         if step == PrefetchStep::Torrent {
-            shard.prefetch(&self.hasher, info_hash);
+            shard.prefetch(self.hasher.hash_one(info_hash));
             return;
         }
         // The later steps read through the table, so they take the lock, but never wait
         // for it: another worker holding it would be paid for in full, not overlapped.
-        let Some(shard) = shard.try_lock(&self.hasher) else {
+        let Some(shard) = shard.try_lock() else {
             return;
         };
+        if step == PrefetchStep::TorrentEntry {
+            shard.prefetch_entry(info_hash);
+            return;
+        }
         let Some(torrent) = shard.get(info_hash) else {
             return;
         };
@@ -561,7 +568,7 @@ impl SwarmStore {
     /// lock at a time: what replication publishes again after Redis was away.
     pub fn for_each_local_peer(&self, mut f: impl FnMut(&InfoHash, SocketAddr, PeerId, bool)) {
         for shard in self.shards.iter() {
-            let shard = shard.lock(&self.hasher);
+            let shard = shard.lock();
             for (info_hash, torrent) in shard.entries() {
                 torrent
                     .v4
@@ -586,7 +593,7 @@ impl SwarmStore {
         let now = self.clock.now();
         let mut report = CleanReport::default();
         for shard in self.shards.iter() {
-            shard.lock(&self.hasher).retain(|torrent| {
+            shard.lock().retain(|torrent| {
                 report.peers_removed += torrent.expire(now);
                 if torrent.is_empty() {
                     report.torrents_removed += 1;
@@ -605,7 +612,7 @@ impl SwarmStore {
     pub fn totals(&self) -> StoreTotals {
         let mut totals = StoreTotals::default();
         for shard in self.shards.iter() {
-            let shard = shard.lock(&self.hasher);
+            let shard = shard.lock();
             totals.torrents += shard.len();
             for torrent in shard.values() {
                 let stats = torrent.stats();

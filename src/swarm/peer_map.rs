@@ -1,8 +1,8 @@
 //! The peers of one torrent in one address family, in as few bytes as the hot path allows.
 //!
 //! Most torrents have a handful of peers, so memory per stored peer is decided by small
-//! swarms: they are one exactly sized boxed slice of packed entries (31 bytes per IPv4 peer,
-//! one allocation, no slack), searched linearly. Past [`SMALL_MAX`] peers a swarm switches to
+//! swarms: a lone peer is stored inline, and a few are one exactly sized boxed slice of
+//! packed entries (31 bytes per IPv4 peer, one allocation, no slack), searched linearly. Past [`SMALL_MAX`] peers a swarm switches to
 //! dense arrays plus a keyed hash index, so a big swarm (where an attacker chooses the
 //! addresses) never costs more than one hash lookup per announce. The arrays keep leechers
 //! before seeders, so a seeder (sent leechers only) reads a window of exactly the peers it
@@ -12,7 +12,7 @@
 use std::hash::{Hash, Hasher};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
-use super::peer_index::PeerIndex;
+use super::position_index::PositionIndex;
 use super::prefetch::{PrefetchStep, prefetch_bytes};
 use crate::bittorrent::{PeerId, ResponsePeer};
 
@@ -259,9 +259,14 @@ pub(super) struct Expired {
 }
 
 pub(super) enum PeerMap<K> {
-    /// Exactly `len` entries: each new peer reallocates, which is cheap at this size, and
-    /// leaves no unused capacity in the most numerous allocation.
+    /// Exactly `len` entries, none or two to [`SMALL_MAX`]: each new peer reallocates,
+    /// which is cheap at this size, and leaves no unused capacity in the most numerous
+    /// allocation.
     Small(Box<[Entry<K>]>),
+    /// The one peer of a one-peer swarm, inline: the most numerous swarms then cost no
+    /// allocation and no pointer to follow (a list of one took 48 bytes of heap and 16 of
+    /// pointer for a 31-byte entry).
+    One(Entry<K>),
     Large(Box<Large<K>>),
 }
 
@@ -273,12 +278,13 @@ pub(super) enum PeerMap<K> {
 pub(super) struct Large<K> {
     hot: Vec<Hot<K>>,
     cold: Vec<Cold>,
-    index: PeerIndex,
+    index: PositionIndex,
     leechers: usize,
 }
 
-// The small case is the common one: a torrent pays 16 bytes for its IPv4 map.
-const _: () = assert!(size_of::<PeerMap<V4Key>>() == 16);
+// The one-peer case is the common one: a torrent pays 32 bytes for its IPv4 map, its peer
+// included.
+const _: () = assert!(size_of::<PeerMap<V4Key>>() == 32);
 
 impl<K> Default for PeerMap<K> {
     fn default() -> Self {
@@ -297,7 +303,7 @@ impl<K: PeerKey> Large<K> {
             hot.push(h);
             cold.push(c);
         }
-        let index = PeerIndex::new(hot.iter().map(|h| h.key), capacity);
+        let index = PositionIndex::new(hot.iter().map(|h| h.key), capacity);
         let leechers = hot.iter().take_while(|h| h.flags & SEEDER == 0).count();
         Large {
             hot,
@@ -307,7 +313,7 @@ impl<K: PeerKey> Large<K> {
         }
     }
 
-    fn into_entries(self) -> Box<[Entry<K>]> {
+    fn into_entries(self) -> Vec<Entry<K>> {
         let joined = self.hot.into_iter().zip(self.cold);
         joined.map(|(hot, cold)| Entry::join(hot, cold)).collect()
     }
@@ -479,10 +485,27 @@ impl<K: PeerKey> Large<K> {
 }
 
 impl<K: PeerKey> PeerMap<K> {
+    /// A small map of `list`'s peers: a list of one is stored inline.
+    fn from_list(list: Vec<Entry<K>>) -> Self {
+        match *list {
+            [one] => PeerMap::One(one),
+            _ => PeerMap::Small(list.into_boxed_slice()),
+        }
+    }
+
+    /// A small map's peers (a large map's are in its arrays: none here).
+    fn list(&self) -> &[Entry<K>] {
+        match self {
+            PeerMap::Small(entries) => entries,
+            PeerMap::One(entry) => std::slice::from_ref(entry),
+            PeerMap::Large(_) => &[],
+        }
+    }
+
     pub fn len(&self) -> usize {
         match self {
-            PeerMap::Small(entries) => entries.len(),
             PeerMap::Large(large) => large.len(),
+            small => small.list().len(),
         }
     }
 
@@ -495,18 +518,25 @@ impl<K: PeerKey> PeerMap<K> {
         matches!(self, PeerMap::Large(_))
     }
 
+    #[cfg(test)]
+    pub fn is_one(&self) -> bool {
+        matches!(self, PeerMap::One(_))
+    }
+
     /// A large map's invariants hold (see [`Large`]).
     #[cfg(test)]
     pub fn assert_consistent(&self) {
-        if let PeerMap::Large(large) = self {
-            large.assert_consistent();
+        match self {
+            PeerMap::Large(large) => large.assert_consistent(),
+            PeerMap::Small(entries) => assert_ne!(entries.len(), 1, "a list of one"),
+            PeerMap::One(_) => {}
         }
     }
 
     pub fn contains(&self, key: K) -> bool {
         match self {
-            PeerMap::Small(entries) => entries.iter().any(|e| e.key == key),
             PeerMap::Large(large) => large.position(key).is_some(),
+            small => small.list().iter().any(|e| e.key == key),
         }
     }
 
@@ -514,6 +544,7 @@ impl<K: PeerKey> PeerMap<K> {
     /// `seeder`, answered at second `now`.
     pub fn prefetch(&self, step: PrefetchStep, key: K, seeder: bool, now: u32) {
         match (self, step) {
+            // A one-peer map is in the torrent's entry, which the step before asked for.
             // An announce scans a small list whole, looking for its own entry.
             (PeerMap::Small(entries), PrefetchStep::PeerList) => prefetch_bytes(
                 entries.as_ptr() as usize,
@@ -575,6 +606,17 @@ impl<K: PeerKey> PeerMap<K> {
         };
         let flags = flags(seeder, completed, origin);
         match self {
+            PeerMap::One(entry) => {
+                if entry.key == key {
+                    return Ok(entry.refresh(peer_id, seeder, completed, expires_at, origin));
+                }
+                if max <= 1 {
+                    return Err(PeerMapFull);
+                }
+                let two = [*entry, Entry::new(key, peer_id, flags, expires_at)];
+                *self = PeerMap::Small(Box::new(two));
+                Ok(new)
+            }
             PeerMap::Small(entries) => {
                 if let Some(entry) = entries.iter_mut().find(|e| e.key == key) {
                     return Ok(entry.refresh(peer_id, seeder, completed, expires_at, origin));
@@ -583,7 +625,9 @@ impl<K: PeerKey> PeerMap<K> {
                     return Err(PeerMapFull);
                 }
                 let entry = Entry::new(key, peer_id, flags, expires_at);
-                if entries.len() < SMALL_MAX {
+                if entries.is_empty() {
+                    *self = PeerMap::One(entry);
+                } else if entries.len() < SMALL_MAX {
                     let mut grown = std::mem::take(entries).into_vec();
                     grown.reserve_exact(1);
                     grown.push(entry);
@@ -613,11 +657,16 @@ impl<K: PeerKey> PeerMap<K> {
     /// Removes a peer; returns whether it was a seeder, `None` when it was not stored.
     pub fn remove(&mut self, key: K) -> Option<bool> {
         match self {
+            PeerMap::One(entry) => {
+                let seeder = (entry.key == key).then_some(entry.seeder())?;
+                *self = PeerMap::default();
+                Some(seeder)
+            }
             PeerMap::Small(entries) => {
                 let i = entries.iter().position(|e| e.key == key)?;
                 let mut shrunk = std::mem::take(entries).into_vec();
                 let removed = shrunk.swap_remove(i);
-                *entries = shrunk.into_boxed_slice();
+                *self = PeerMap::from_list(shrunk);
                 Some(removed.seeder())
             }
             PeerMap::Large(large) => {
@@ -636,7 +685,7 @@ impl<K: PeerKey> PeerMap<K> {
             let PeerMap::Large(large) = std::mem::take(self) else {
                 unreachable!("matched above")
             };
-            *self = PeerMap::Small(large.into_entries());
+            *self = PeerMap::from_list(large.into_entries());
         }
     }
 
@@ -660,13 +709,6 @@ impl<K: PeerKey> PeerMap<K> {
             peer_ids,
         };
         match self {
-            PeerMap::Small(entries) => window.take(
-                entries.len(),
-                None,
-                |i| (entries[i].key, entries[i].flags),
-                |i| entries[i].peer_id,
-                out,
-            ),
             // The leechers are the first positions: a seeder's window needs no skipping.
             PeerMap::Large(large) => {
                 let len = large.window_len(leechers_only);
@@ -679,6 +721,16 @@ impl<K: PeerKey> PeerMap<K> {
                     out,
                 )
             }
+            small => {
+                let entries = small.list();
+                window.take(
+                    entries.len(),
+                    None,
+                    |i| (entries[i].key, entries[i].flags),
+                    |i| entries[i].peer_id,
+                    out,
+                )
+            }
         }
     }
 
@@ -686,10 +738,6 @@ impl<K: PeerKey> PeerMap<K> {
     /// (replication republishes them after Redis was away): key, peer id, seeder.
     pub fn for_each_local(&self, mut f: impl FnMut(K, PeerId, bool)) {
         match self {
-            PeerMap::Small(entries) => entries
-                .iter()
-                .filter(|e| e.is_local())
-                .for_each(|e| f(e.key, e.peer_id, e.seeder())),
             PeerMap::Large(large) => {
                 for (hot, cold) in large.hot.iter().zip(&large.cold) {
                     if hot.flags & REMOTE == 0 {
@@ -697,6 +745,11 @@ impl<K: PeerKey> PeerMap<K> {
                     }
                 }
             }
+            small => small
+                .list()
+                .iter()
+                .filter(|e| e.is_local())
+                .for_each(|e| f(e.key, e.peer_id, e.seeder())),
         }
     }
 
@@ -705,6 +758,13 @@ impl<K: PeerKey> PeerMap<K> {
     pub fn expire(&mut self, now: u32) -> Expired {
         let mut expired = Expired::default();
         match self {
+            PeerMap::One(entry) => {
+                if entry.expires_at() < now {
+                    expired.peers = 1;
+                    expired.seeders = u32::from(entry.seeder());
+                    *self = PeerMap::default();
+                }
+            }
             PeerMap::Small(entries) => {
                 if entries.iter().any(|e| e.expires_at() < now) {
                     let mut kept = std::mem::take(entries).into_vec();
@@ -716,7 +776,7 @@ impl<K: PeerKey> PeerMap<K> {
                         }
                         !gone
                     });
-                    *entries = kept.into_boxed_slice();
+                    *self = PeerMap::from_list(kept);
                 }
             }
             PeerMap::Large(large) => {

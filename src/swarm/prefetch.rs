@@ -1,8 +1,8 @@
 //! Cache-line prefetch hints, and the steps in which an announce's data is prefetched.
 //!
-//! An announce follows a chain of pointers (shard table, torrent, peer list, index, entry),
-//! and with a million torrents every link is a cache miss. The engines receive requests in
-//! batches, so each link can be asked for a few requests before it is needed: each
+//! An announce follows a chain of pointers (shard index, torrent, peer list, peer index, peer
+//! entry), and with a million torrents every link is a cache miss. The engines receive
+//! requests in batches, so each link can be asked for a few requests before it is needed: each
 //! [`PrefetchStep`] reads only lines the step before it asked for (so it does not stall)
 //! and asks for the lines one link further on. Engines run the steps a few requests apart
 //! (`engine::prefetch_schedule`); the misses then overlap with other requests' work.
@@ -12,8 +12,11 @@ use hashbrown::HashTable;
 /// One link of the chain, in the order engines run them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PrefetchStep {
-    /// The torrent's control bytes and bucket in its shard's table (no lock taken).
+    /// The control bytes and bucket of the torrent's position in its shard's index (no lock
+    /// taken).
     Torrent,
+    /// The torrent's entry in its shard's array: counts, and a one-peer swarm's peer.
+    TorrentEntry,
     /// The torrent's peer list: a small swarm's whole list, a large swarm's header.
     PeerList,
     /// A large swarm's index lines for the announcing peer.
@@ -23,8 +26,9 @@ pub enum PrefetchStep {
 }
 
 impl PrefetchStep {
-    pub const ALL: [PrefetchStep; 4] = [
+    pub const ALL: [PrefetchStep; 5] = [
         PrefetchStep::Torrent,
+        PrefetchStep::TorrentEntry,
         PrefetchStep::PeerList,
         PrefetchStep::PeerIndex,
         PrefetchStep::PeerEntry,

@@ -575,7 +575,8 @@ fn a_refused_peer_leaves_no_empty_torrent_in_either_family() {
 }
 
 /// The store against a plain map, over random announces, stops, expiries and cleans that
-/// take both families back and forth across the list/index threshold and into the limit.
+/// take both families back and forth between one peer, a list and an index, and into the
+/// limit.
 #[test]
 fn random_operations_agree_with_a_simple_model() {
     const MAX: usize = peer_map::SMALL_MAX * 2;
@@ -692,19 +693,26 @@ fn random_operations_agree_with_a_simple_model() {
             let shard = s.lock(&hash);
             let torrent = shard.get(&hash).expect("stored");
             torrent.v4.assert_consistent();
+            let one = if v6 {
+                torrent.v6.as_ref().is_some_and(|v6| v6.peers.is_one())
+            } else {
+                torrent.v4.is_one()
+            };
             if let Some(v6) = &torrent.v6 {
                 v6.peers.assert_consistent();
             }
             drop(shard);
-            reached.insert(match (v6, is_large(&s, &hash, v6)) {
-                (false, false) => "v4 list",
-                (false, true) => "v4 index",
-                (true, false) => "v6 list",
-                (true, true) => "v6 index",
+            reached.insert(match (v6, one, is_large(&s, &hash, v6)) {
+                (false, true, _) => "v4 one",
+                (false, false, false) => "v4 list",
+                (false, false, true) => "v4 index",
+                (true, true, _) => "v6 one",
+                (true, false, false) => "v6 list",
+                (true, false, true) => "v6 index",
             });
         }
     }
-    assert_eq!(reached.len(), 5, "reached only {reached:?}");
+    assert_eq!(reached.len(), 7, "reached only {reached:?}");
     for v6 in [false, true] {
         for i in 0..MAX * 2 {
             let ip: IpAddr = host(v6, i).parse().unwrap();

@@ -1,31 +1,43 @@
-//! A large swarm's index: where each peer's entry is in the swarm's dense entry list.
+//! Where each entry of a dense list is, by key: a large swarm's peers, a shard's torrents.
 //!
 //! The index stores only positions (4 bytes a bucket) and compares keys through the entries,
-//! which the announce reads anyway. It records its [`BucketLayout`], like the torrent table
-//! does, so the lines an announce will need can be prefetched before the announce is
-//! answered; nothing reads through the recorded addresses.
+//! which a lookup reads anyway; the entries themselves sit in one array without gaps, so
+//! memory follows what is stored rather than a hash table's load factor. It records its
+//! [`BucketLayout`] so the lines a lookup will need can be prefetched before the lookup;
+//! nothing reads through the recorded addresses.
 
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash};
 
 use hashbrown::HashTable;
 
-use super::peer_map::PeerKey;
 use super::prefetch::{BucketLayout, prefetch_line};
 
-pub(super) struct PeerIndex {
+/// The keyed hasher (keys are chosen by clients: addresses announced into a swarm, info
+/// hashes).
+pub(super) type Hasher = foldhash::fast::RandomState;
+
+pub(super) struct PositionIndex {
     positions: HashTable<u32>,
-    /// Keyed: a large swarm's addresses are chosen by whoever announces into it.
-    hasher: foldhash::fast::RandomState,
+    hasher: Hasher,
     /// Recorded whenever the table may have moved.
     layout: BucketLayout,
 }
 
-impl PeerIndex {
-    /// An index of `keys` (position = order), with room for `capacity` peers.
-    pub fn new<K: PeerKey>(keys: impl Iterator<Item = K>, capacity: usize) -> Self {
-        let mut index = PeerIndex {
+impl PositionIndex {
+    /// An empty index hashing with `hasher`.
+    pub fn with_hasher(hasher: Hasher) -> Self {
+        PositionIndex {
+            positions: HashTable::new(),
+            hasher,
+            layout: BucketLayout::default(),
+        }
+    }
+
+    /// An index of `keys` (position = order), with room for `capacity` entries.
+    pub fn new<K: Hash>(keys: impl Iterator<Item = K>, capacity: usize) -> Self {
+        let mut index = PositionIndex {
             positions: HashTable::with_capacity(capacity),
-            hasher: foldhash::fast::RandomState::default(),
+            hasher: Hasher::default(),
             layout: BucketLayout::default(),
         };
         let hasher = index.hasher.clone();
@@ -40,12 +52,17 @@ impl PeerIndex {
         index
     }
 
-    pub fn hash<K: PeerKey>(&self, key: K) -> u64 {
+    pub fn hash<K: Hash>(&self, key: K) -> u64 {
         self.hasher.hash_one(key)
     }
 
+    /// Where the buckets are (for prefetching without the index).
+    pub fn layout(&self) -> BucketLayout {
+        self.layout
+    }
+
     /// The position of `key`, whose entry `key_at` gives for a position.
-    pub fn find<K: PeerKey>(&self, key: K, key_at: impl Fn(u32) -> K) -> Option<u32> {
+    pub fn find<K: Hash + Eq + Copy>(&self, key: K, key_at: impl Fn(u32) -> K) -> Option<u32> {
         self.positions
             .find(self.hash(key), |&p| key_at(p) == key)
             .copied()
@@ -53,7 +70,7 @@ impl PeerIndex {
 
     /// Indexes `key` at `position`; `key_at` gives the key of every indexed position (the
     /// table may grow and hash them all again).
-    pub fn insert<K: PeerKey>(&mut self, key: K, position: u32, key_at: impl Fn(u32) -> K) {
+    pub fn insert<K: Hash>(&mut self, key: K, position: u32, key_at: impl Fn(u32) -> K) {
         let hasher = &self.hasher;
         let hash = hasher.hash_one(key);
         let grows = self.positions.len() == self.positions.capacity();
@@ -65,8 +82,8 @@ impl PeerIndex {
     }
 
     /// Forgets `key`, indexed at `position`: the comparison is by position, so the entry may
-    /// already hold another peer.
-    pub fn remove<K: PeerKey>(&mut self, key: K, position: u32) {
+    /// already hold another key.
+    pub fn remove<K: Hash>(&mut self, key: K, position: u32) {
         if let Ok(found) = self
             .positions
             .find_entry(self.hash(key), |&p| p == position)
@@ -76,7 +93,7 @@ impl PeerIndex {
     }
 
     /// `key`'s entry moved from `from` to `to`.
-    pub fn moved<K: PeerKey>(&mut self, key: K, from: u32, to: u32) {
+    pub fn moved<K: Hash>(&mut self, key: K, from: u32, to: u32) {
         if let Some(p) = self.positions.find_mut(self.hash(key), |&p| p == from) {
             *p = to;
         }
@@ -85,7 +102,7 @@ impl PeerIndex {
     /// The entries of `a` (at `at_a`) and `b` (at `at_b`) traded places. Both buckets are
     /// found before either changes: for a moment two buckets would hold the same position,
     /// and a search by position could take the wrong one.
-    pub fn swapped<K: PeerKey>(&mut self, a: K, at_a: u32, b: K, at_b: u32) {
+    pub fn swapped<K: Hash>(&mut self, a: K, at_a: u32, b: K, at_b: u32) {
         let bucket_a = self
             .positions
             .find_bucket_index(self.hash(a), |&p| p == at_a);
@@ -101,8 +118,8 @@ impl PeerIndex {
         }
     }
 
-    /// Gives memory back when far more buckets than peers are left.
-    pub fn shrink<K: PeerKey>(&mut self, len: usize, key_at: impl Fn(u32) -> K) {
+    /// Gives memory back when far more buckets than entries are left.
+    pub fn shrink<K: Hash>(&mut self, len: usize, key_at: impl Fn(u32) -> K) {
         if self.positions.capacity() > 4 * len {
             let hasher = &self.hasher;
             self.positions
@@ -112,7 +129,7 @@ impl PeerIndex {
     }
 
     /// Asks for the control bytes and bucket where `key`'s position most likely is.
-    pub fn prefetch_slot<K: PeerKey>(&self, key: K) {
+    pub fn prefetch_slot<K: Hash>(&self, key: K) {
         if let Some((control, bucket)) = self.layout.probe_start::<u32>(self.hash(key)) {
             prefetch_line(control);
             prefetch_line(bucket);
@@ -121,7 +138,7 @@ impl PeerIndex {
 
     /// Calls `prefetch` with the first position whose hash tag matches `key`'s, reading only
     /// the lines [`Self::prefetch_slot`] asked for (no entry is compared).
-    pub fn prefetch_entry<K: PeerKey>(&self, key: K, prefetch: impl Fn(u32)) {
+    pub fn prefetch_entry<K: Hash>(&self, key: K, prefetch: impl Fn(u32)) {
         self.positions.find(self.hash(key), |&p| {
             prefetch(p);
             true
