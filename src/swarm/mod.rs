@@ -27,7 +27,7 @@ use crate::bittorrent::{
 use crate::clock::Clock;
 use peer_map::{Origin, PeerKey, PeerMap, PeerMapFull, Upserted, V4Key, V6Key};
 use position_index::Hasher;
-use torrent_table::{LockedTable, TableGuard};
+use torrent_table::{LockedTable, TableGuard, TorrentKey};
 
 type Shard = LockedTable<Torrent>;
 
@@ -263,23 +263,30 @@ impl SwarmStore {
         &self.clock
     }
 
-    fn shard(&self, info_hash: &InfoHash) -> &Shard {
-        &self.shards[self.shard_index(info_hash)]
+    /// `info_hash`, hashed once: the hash picks its shard and finds it there.
+    fn key(&self, info_hash: &InfoHash) -> TorrentKey {
+        TorrentKey {
+            info_hash: *info_hash,
+            hash: self.hasher.hash_one(info_hash),
+        }
+    }
+
+    fn shard(&self, key: &TorrentKey) -> &Shard {
+        &self.shards[self.shard_index(key.hash)]
     }
 
     /// Keyed, although info hashes look random: clients choose them, and picking shards by
     /// their raw bytes let one client aim 4.8 M torrents at one shard (every announce's tail
     /// went from 10 ms to 357 ms). The shard takes the keyed hash's middle bits: each shard's
-    /// table uses the same hash's low bits for buckets and its top 7 for tags, so a shard's
-    /// torrents still spread over its table (shards are at most 2^16, bits 32 to 47).
-    fn shard_index(&self, info_hash: &InfoHash) -> usize {
-        let hash = self.hasher.hash_one(info_hash);
+    /// index uses the same hash's low bits for buckets and its top 7 for tags, so a shard's
+    /// torrents still spread over its index (shards are at most 2^16, bits 32 to 47).
+    fn shard_index(&self, hash: u64) -> usize {
         (hash >> 32) as usize & (self.shards.len() - 1)
     }
 
-    /// `info_hash`'s shard, locked.
-    fn lock(&self, info_hash: &InfoHash) -> TableGuard<'_, Torrent> {
-        self.shard(info_hash).lock()
+    /// `key`'s shard, locked.
+    fn lock(&self, key: &TorrentKey) -> TableGuard<'_, Torrent> {
+        self.shard(key).lock()
     }
 
     /// Brings into the cache, without waiting for them, the lines that an announce by `peer`
@@ -294,9 +301,10 @@ impl SwarmStore {
         peer: SocketAddr,
         seeder: bool,
     ) {
-        let shard = self.shard(info_hash);
+        let key = self.key(info_hash);
+        let shard = self.shard(&key);
         if step == PrefetchStep::Torrent {
-            shard.prefetch(self.hasher.hash_one(info_hash));
+            shard.prefetch(key.hash);
             return;
         }
         // The later steps read through the table, so they take the lock, but never wait
@@ -305,10 +313,10 @@ impl SwarmStore {
             return;
         };
         if step == PrefetchStep::TorrentEntry {
-            shard.prefetch_entry(info_hash);
+            shard.prefetch_entry(&key);
             return;
         }
-        let Some(torrent) = shard.get(info_hash) else {
+        let Some(torrent) = shard.get(&key) else {
             return;
         };
         let now = self.clock.now();
@@ -351,11 +359,12 @@ impl SwarmStore {
         response.peers.clear();
         let peer = SocketAddr::new(request.peer_ip, request.port);
         let stopped = request.event == AnnounceEvent::Stopped;
-        let mut shard = self.lock(&request.info_hash);
+        let key = self.key(&request.info_hash);
+        let mut shard = self.lock(&key);
 
         if stopped {
             let mut removed = false;
-            if let Some(torrent) = shard.get_mut(&request.info_hash) {
+            if let Some(torrent) = shard.get_mut(&key) {
                 removed = torrent.remove(peer);
                 let stats = torrent.stats();
                 (response.complete, response.incomplete) = (stats.complete, stats.incomplete);
@@ -373,7 +382,7 @@ impl SwarmStore {
         let max_torrents = self.limits.max_torrents;
         let mut refused = TRACKER_FULL;
         let torrent = shard
-            .get_or_insert(request.info_hash, || {
+            .get_or_insert(&key, || {
                 if count.load(Ordering::Relaxed) >= max_torrents {
                     return None;
                 }
@@ -407,7 +416,7 @@ impl SwarmStore {
             Ok(upserted) => upserted,
             Err(PeerMapFull) => {
                 if torrent.is_empty() {
-                    shard.remove(&request.info_hash);
+                    shard.remove(&key);
                     self.torrent_count.fetch_sub(1, Ordering::Relaxed);
                 }
                 return Err(TORRENT_FULL);
@@ -519,11 +528,12 @@ impl SwarmStore {
         completed: bool,
         expires_at: u32,
     ) -> Result<(), ClientError> {
-        let mut shard = self.lock(info_hash);
+        let key = self.key(info_hash);
+        let mut shard = self.lock(&key);
         let count = &self.torrent_count;
         let max_torrents = self.limits.max_torrents;
         let torrent = shard
-            .get_or_insert(*info_hash, || {
+            .get_or_insert(&key, || {
                 (count.load(Ordering::Relaxed) < max_torrents).then(|| {
                     count.fetch_add(1, Ordering::Relaxed);
                     Torrent::default()
@@ -542,7 +552,7 @@ impl SwarmStore {
         );
         if upserted.is_err() {
             if torrent.is_empty() {
-                shard.remove(info_hash);
+                shard.remove(&key);
                 count.fetch_sub(1, Ordering::Relaxed);
             }
             return Err(TORRENT_FULL);
@@ -552,13 +562,14 @@ impl SwarmStore {
 
     /// Removes a peer another node saw stop; returns whether it was stored.
     pub fn apply_remote_removal(&self, info_hash: &InfoHash, peer: SocketAddr) -> bool {
-        let mut shard = self.lock(info_hash);
-        let Some(torrent) = shard.get_mut(info_hash) else {
+        let key = self.key(info_hash);
+        let mut shard = self.lock(&key);
+        let Some(torrent) = shard.get_mut(&key) else {
             return false;
         };
         let removed = torrent.remove(peer);
         if torrent.is_empty() {
-            shard.remove(info_hash);
+            shard.remove(&key);
             self.torrent_count.fetch_sub(1, Ordering::Relaxed);
         }
         removed
@@ -583,8 +594,9 @@ impl SwarmStore {
     }
 
     pub fn scrape(&self, info_hash: &InfoHash) -> ScrapeStats {
-        let shard = self.lock(info_hash);
-        shard.get(info_hash).map(Torrent::stats).unwrap_or_default()
+        let key = self.key(info_hash);
+        let shard = self.lock(&key);
+        shard.get(&key).map(Torrent::stats).unwrap_or_default()
     }
 
     /// Removes expired peers and empty torrents, one shard lock at a time.
@@ -625,8 +637,9 @@ impl SwarmStore {
 
     /// Whether `ip` (v4 or v6) with `port` is stored for `info_hash`.
     pub fn contains_peer(&self, info_hash: &InfoHash, ip: IpAddr, port: u16) -> bool {
-        let shard = self.lock(info_hash);
-        shard.get(info_hash).is_some_and(|t| match ip {
+        let key = self.key(info_hash);
+        let shard = self.lock(&key);
+        shard.get(&key).is_some_and(|t| match ip {
             IpAddr::V4(v4) => t.v4.contains(V4Key::new(v4, port)),
             IpAddr::V6(v6) => {
                 t.v6.as_ref()

@@ -63,16 +63,29 @@ impl PositionIndex {
 
     /// The position of `key`, whose entry `key_at` gives for a position.
     pub fn find<K: Hash + Eq + Copy>(&self, key: K, key_at: impl Fn(u32) -> K) -> Option<u32> {
-        self.positions
-            .find(self.hash(key), |&p| key_at(p) == key)
-            .copied()
+        self.find_hashed(self.hash(key), key, key_at)
+    }
+
+    /// [`Self::find`] for a caller that has `key`'s hash by this index's hasher already (the
+    /// store hashes an info hash once to pick its shard).
+    pub fn find_hashed<K: Eq + Copy>(
+        &self,
+        hash: u64,
+        key: K,
+        key_at: impl Fn(u32) -> K,
+    ) -> Option<u32> {
+        self.positions.find(hash, |&p| key_at(p) == key).copied()
     }
 
     /// Indexes `key` at `position`; `key_at` gives the key of every indexed position (the
     /// table may grow and hash them all again).
     pub fn insert<K: Hash>(&mut self, key: K, position: u32, key_at: impl Fn(u32) -> K) {
+        self.insert_hashed(self.hash(key), position, key_at);
+    }
+
+    /// [`Self::insert`] with the key's hash (see [`Self::find_hashed`]).
+    pub fn insert_hashed<K: Hash>(&mut self, hash: u64, position: u32, key_at: impl Fn(u32) -> K) {
         let hasher = &self.hasher;
-        let hash = hasher.hash_one(key);
         let grows = self.positions.len() == self.positions.capacity();
         self.positions
             .insert_unique(hash, position, |&p| hasher.hash_one(key_at(p)));
@@ -139,7 +152,12 @@ impl PositionIndex {
     /// Calls `prefetch` with the first position whose hash tag matches `key`'s, reading only
     /// the lines [`Self::prefetch_slot`] asked for (no entry is compared).
     pub fn prefetch_entry<K: Hash>(&self, key: K, prefetch: impl Fn(u32)) {
-        self.positions.find(self.hash(key), |&p| {
+        self.prefetch_entry_hashed(self.hash(key), prefetch);
+    }
+
+    /// [`Self::prefetch_entry`] with the key's hash (see [`Self::find_hashed`]).
+    pub fn prefetch_entry_hashed(&self, hash: u64, prefetch: impl Fn(u32)) {
+        self.positions.find(hash, |&p| {
             prefetch(p);
             true
         });

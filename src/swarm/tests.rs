@@ -366,8 +366,9 @@ fn changes_from_other_nodes_are_stored_but_never_told_and_become_local_when_anno
 
 /// Whether the torrent's peers of one family are kept indexed (rather than as a short list).
 fn is_large(s: &SwarmStore, info_hash: &InfoHash, v6: bool) -> bool {
-    let shard = s.lock(info_hash);
-    let torrent = shard.get(info_hash).expect("stored");
+    let key = s.key(info_hash);
+    let shard = s.lock(&key);
+    let torrent = shard.get(&key).expect("stored");
     if v6 {
         torrent.v6.as_ref().is_some_and(|v6| v6.peers.is_large())
     } else {
@@ -690,8 +691,9 @@ fn random_operations_agree_with_a_simple_model() {
         assert_eq!(s.totals().torrents, usize::from(exists), "step {step}");
         assert!(s.contains_peer(&hash, req.peer_ip, req.port) == model.contains_key(&addr));
         if exists {
-            let shard = s.lock(&hash);
-            let torrent = shard.get(&hash).expect("stored");
+            let key = s.key(&hash);
+            let shard = s.lock(&key);
+            let torrent = shard.get(&key).expect("stored");
             torrent.v4.assert_consistent();
             let one = if v6 {
                 torrent.v6.as_ref().is_some_and(|v6| v6.peers.is_one())
@@ -770,7 +772,7 @@ fn info_hashes_chosen_to_share_their_first_bytes_still_spread_over_the_shards() 
         .map(|i| {
             let mut hash = [0u8; 20];
             hash[16..].copy_from_slice(&i.to_le_bytes());
-            store.shard_index(&InfoHash(hash))
+            store.shard_index(store.key(&InfoHash(hash)).hash)
         })
         .collect();
     assert!(shards.len() > 200, "{} of 256 shards used", shards.len());

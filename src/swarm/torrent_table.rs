@@ -22,6 +22,14 @@ use super::position_index::{Hasher, PositionIndex};
 use super::prefetch::{BucketLayout, prefetch_bytes, prefetch_line};
 use crate::bittorrent::InfoHash;
 
+/// An info hash and its hash by the store's hasher, which every shard's index shares: hashed
+/// once per request, it picks the shard and finds the torrent there.
+#[derive(Clone, Copy)]
+pub(super) struct TorrentKey {
+    pub info_hash: InfoHash,
+    pub hash: u64,
+}
+
 /// The torrents of one shard and where each one is.
 struct Torrents<T> {
     index: PositionIndex,
@@ -164,21 +172,19 @@ pub(super) struct TableGuard<'a, T> {
 }
 
 impl<T> TableGuard<'_, T> {
-    fn position(&self, key: &InfoHash) -> Option<usize> {
+    fn position(&self, key: &TorrentKey) -> Option<usize> {
         let entries = &self.torrents.entries;
-        let found = self
-            .torrents
-            .index
-            .find(*key, |p| entries.get(p as usize).0);
+        let index = &self.torrents.index;
+        let found = index.find_hashed(key.hash, key.info_hash, |p| entries.get(p as usize).0);
         found.map(|p| p as usize)
     }
 
-    pub fn get(&self, key: &InfoHash) -> Option<&T> {
+    pub fn get(&self, key: &TorrentKey) -> Option<&T> {
         let p = self.position(key)?;
         Some(&self.torrents.entries.get(p).1)
     }
 
-    pub fn get_mut(&mut self, key: &InfoHash) -> Option<&mut T> {
+    pub fn get_mut(&mut self, key: &TorrentKey) -> Option<&mut T> {
         let p = self.position(key)?;
         Some(&mut self.torrents.entries.get_mut(p).1)
     }
@@ -186,10 +192,10 @@ impl<T> TableGuard<'_, T> {
     /// The value for `key`; when there is none, a new one from `make` (which may refuse).
     pub fn get_or_insert(
         &mut self,
-        key: InfoHash,
+        key: &TorrentKey,
         make: impl FnOnce() -> Option<T>,
     ) -> Option<&mut T> {
-        if let Some(p) = self.position(&key) {
+        if let Some(p) = self.position(key) {
             return Some(&mut self.torrents.entries.get_mut(p).1);
         }
         let Torrents { index, entries } = &mut *self.torrents;
@@ -199,9 +205,9 @@ impl<T> TableGuard<'_, T> {
         }
         let value = make()?;
         let p = entries.len();
-        entries.push((key, value));
+        entries.push((key.info_hash, value));
         // An insert is where the index grows: note where its buckets are now.
-        index.insert(key, p as u32, |q| entries.get(q as usize).0);
+        index.insert_hashed(key.hash, p as u32, |q| entries.get(q as usize).0);
         self.layout.note_layout(index.layout());
         Some(&mut entries.get_mut(p).1)
     }
@@ -218,7 +224,7 @@ impl<T> TableGuard<'_, T> {
         value
     }
 
-    pub fn remove(&mut self, key: &InfoHash) -> Option<T> {
+    pub fn remove(&mut self, key: &TorrentKey) -> Option<T> {
         let p = self.position(key)?;
         Some(self.remove_at(p))
     }
@@ -257,10 +263,10 @@ impl<T> TableGuard<'_, T> {
 
     /// Asks for the line of the entry that a lookup of `key` most likely ends at, reading
     /// only the index lines [`LockedTable::prefetch`] asked for (no key is compared).
-    pub fn prefetch_entry(&self, key: &InfoHash) {
+    pub fn prefetch_entry(&self, key: &TorrentKey) {
         let entries = &self.torrents.entries;
         let size = size_of::<(InfoHash, T)>();
-        self.torrents.index.prefetch_entry(*key, |p| {
+        self.torrents.index.prefetch_entry_hashed(key.hash, |p| {
             // (The position is a stored one, so within the array; the block list is read,
             // but it is a few hundred bytes a shard.)
             let entry = (&raw const *entries.get(p as usize)) as usize;
@@ -276,10 +282,12 @@ mod tests {
 
     use super::*;
 
-    fn key(i: u32) -> InfoHash {
-        let mut hash = [0; 20];
-        hash[..4].copy_from_slice(&i.to_le_bytes());
-        InfoHash(hash)
+    fn key(hasher: &Hasher, i: u32) -> TorrentKey {
+        let mut info_hash = [0; 20];
+        info_hash[..4].copy_from_slice(&i.to_le_bytes());
+        let info_hash = InfoHash(info_hash);
+        let hash = hasher.hash_one(info_hash);
+        TorrentKey { info_hash, hash }
     }
 
     /// The table against a plain map, over random inserts (some refused), removals and
@@ -293,22 +301,32 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(11);
         let (mut largest, mut smallest_after) = (0, usize::MAX);
         for step in 0..60_000u32 {
-            let k = key(rng.u32(..4000));
+            let k = key(&hasher, rng.u32(..4000));
             // Prefetching must change nothing, in whatever state the table is.
-            table.prefetch(hasher.hash_one(k));
+            table.prefetch(k.hash);
             let mut guard = table.lock();
             guard.prefetch_entry(&k);
             // Phases of growing and of shrinking.
             let removals = if step / 10_000 % 2 == 0 { 1 } else { 6 };
             match rng.u32(..10) {
-                n if n < removals => assert_eq!(guard.remove(&k), model.remove(&k), "step {step}"),
+                n if n < removals => {
+                    assert_eq!(guard.remove(&k), model.remove(&k.info_hash), "step {step}")
+                }
                 9 => {
-                    let got = guard.get_or_insert(k, || None).map(|v| *v);
-                    assert_eq!(got, model.get(&k).copied(), "refused, step {step}");
+                    let got = guard.get_or_insert(&k, || None).map(|v| *v);
+                    assert_eq!(
+                        got,
+                        model.get(&k.info_hash).copied(),
+                        "refused, step {step}"
+                    );
                 }
                 _ => {
-                    let got = *guard.get_or_insert(k, || Some(step)).expect("made");
-                    assert_eq!(got, *model.entry(k).or_insert(step), "step {step}");
+                    let got = *guard.get_or_insert(&k, || Some(step)).expect("made");
+                    assert_eq!(
+                        got,
+                        *model.entry(k.info_hash).or_insert(step),
+                        "step {step}"
+                    );
                 }
             }
             if rng.u32(..2000) == 0 {
@@ -316,7 +334,7 @@ mod tests {
                 guard.retain(|v| *v % 3 != third);
                 model.retain(|_, v| *v % 3 != third);
             }
-            assert_eq!(guard.get(&k), model.get(&k), "step {step}");
+            assert_eq!(guard.get(&k), model.get(&k.info_hash), "step {step}");
             assert_eq!(guard.len(), model.len(), "step {step}");
             largest = largest.max(model.len());
             if largest > 2000 {
@@ -328,8 +346,13 @@ mod tests {
             "{largest} {smallest_after}"
         );
         let mut guard = table.lock();
-        for (k, v) in &model {
-            assert_eq!(guard.get_mut(k).copied(), Some(*v));
+        for (info_hash, v) in &model {
+            let hash = hasher.hash_one(info_hash);
+            let k = TorrentKey {
+                info_hash: *info_hash,
+                hash,
+            };
+            assert_eq!(guard.get_mut(&k).copied(), Some(*v));
         }
         let stored: HashMap<InfoHash, u32> = guard.entries().map(|(k, v)| (*k, *v)).collect();
         assert_eq!(stored, model);
@@ -339,10 +362,11 @@ mod tests {
     /// A cleaning pass that empties the shard gives its memory back.
     #[test]
     fn a_retain_that_removes_most_torrents_gives_memory_back() {
-        let table = LockedTable::<u32>::new(Hasher::default());
+        let hasher = Hasher::default();
+        let table = LockedTable::<u32>::new(hasher.clone());
         let mut guard = table.lock();
         for i in 0..10_000 {
-            guard.get_or_insert(key(i), || Some(i));
+            guard.get_or_insert(&key(&hasher, i), || Some(i));
         }
         guard.retain(|v| *v < 100);
         assert_eq!(guard.len(), 100);
@@ -352,7 +376,7 @@ mod tests {
         );
         assert!(guard.torrents.entries.chunks.capacity() <= 2 * 2 + 4);
         for i in 0..10_000 {
-            assert_eq!(guard.get(&key(i)).is_some(), i < 100);
+            assert_eq!(guard.get(&key(&hasher, i)).is_some(), i < 100);
         }
     }
 }
