@@ -45,6 +45,8 @@ for t in "${TARGETS[@]}"; do
     "$cmin" -i "$out/default/queue" -o "corpus/$t" -- "target/release/$t" >"out/$t.cmin.log" 2>&1 || {
       echo "afl-cmin failed on $t:" >&2; tail -20 "out/$t.cmin.log" >&2; exit 1; }
     find "corpus/$t" -type f -size +65536c -delete
+    # Named by content: a refresh keeps the names of what it keeps.
+    for f in "corpus/$t"/*; do mv "$f" "corpus/$t/$(sha1sum "$f" | cut -c1-16)"; done
   fi
   if [ "$crashes" != 0 ]; then
     mkdir -p "regressions/$t"
