@@ -203,6 +203,8 @@ impl<T> TableGuard<'_, T> {
         if entries.len() >= u32::MAX as usize {
             return None;
         }
+        // Removals hash with the index's own hasher: it must be the one `key` was hashed by.
+        debug_assert_eq!(key.hash, index.hash(key.info_hash), "another hasher");
         let value = make()?;
         let p = entries.len();
         entries.push((key.info_hash, value));
