@@ -232,20 +232,21 @@ fn udp_garbage(udp: SocketAddr, until: &Until) -> io::Result<FloodReport> {
     })
 }
 
-/// Announces for new random torrents, as fast as the rate allows, from one source.
-fn torrent_flood(udp: SocketAddr, until: &Until) -> io::Result<FloodReport> {
-    let mut fleet = UdpFleet::bind(1, 1)?;
-    if fleet.obtain_connection_ids(udp, until) == 0 {
-        return Ok(FloodReport {
-            sent: "nothing: no connection id".into(),
-            notes: vec!["the tracker never answered the flood's connect".into()],
-        });
-    }
-    let mut pacer = Pacer::new(TORRENT_FLOOD_PER_SEC);
+/// Sends announces at `per_sec` until `until`, sending the fleet's connects again as their
+/// ids age. `next(n, fleet)` gives the socket and the announce of the `n`th one (its socket has
+/// a connection id). Returns how many were sent and over how long, the fleet finished.
+fn paced_announces(
+    fleet: &mut UdpFleet,
+    udp: SocketAddr,
+    until: &Until,
+    per_sec: u64,
+    mut next: impl FnMut(u64, &UdpFleet) -> (usize, wire::Announce),
+) -> (u64, Duration) {
+    let mut pacer = Pacer::new(per_sec);
     let started = Instant::now();
     let mut last_connect = Instant::now();
-    let peer_id = wire::peer_id(b"-TF0001-");
     let mut sent = 0u64;
+    let mut n = 0u64;
     while !until.reached() {
         if last_connect.elapsed() >= CONNECTION_ID_REFRESH {
             fleet.send_connects(udp);
@@ -255,18 +256,10 @@ fn torrent_flood(udp: SocketAddr, until: &Until) -> io::Result<FloodReport> {
         if granted == 0 {
             std::thread::sleep(Duration::from_micros(200));
         }
-        let connection_id = fleet.connection_id(0).expect("obtained above");
         for _ in 0..granted {
-            let announce = wire::Announce {
-                connection_id,
-                transaction_id: fastrand::u32(..),
-                info_hash: wire::random_info_hash(),
-                peer_id,
-                left: 100,
-                num_want: -1,
-                port: 6881,
-            };
-            if fleet.send(0, &announce.encode(), udp) {
+            let (socket, announce) = next(n, fleet);
+            n += 1;
+            if fleet.send(socket, &announce.encode(), udp) {
                 sent += 1;
             }
         }
@@ -274,6 +267,32 @@ fn torrent_flood(udp: SocketAddr, until: &Until) -> io::Result<FloodReport> {
     let elapsed = started.elapsed();
     std::thread::sleep(Duration::from_millis(100));
     fleet.finish();
+    (sent, elapsed)
+}
+
+/// Announces for new random torrents, as fast as the rate allows, from one source.
+fn torrent_flood(udp: SocketAddr, until: &Until) -> io::Result<FloodReport> {
+    let mut fleet = UdpFleet::bind(1, 1)?;
+    if fleet.obtain_connection_ids(udp, until) == 0 {
+        return Ok(FloodReport {
+            sent: "nothing: no connection id".into(),
+            notes: vec!["the tracker never answered the flood's connect".into()],
+        });
+    }
+    let peer_id = wire::peer_id(b"-TF0001-");
+    let (sent, elapsed) =
+        paced_announces(&mut fleet, udp, until, TORRENT_FLOOD_PER_SEC, |_, fleet| {
+            let announce = wire::Announce {
+                connection_id: fleet.connection_id(0).expect("obtained above"),
+                transaction_id: fastrand::u32(..),
+                info_hash: wire::random_info_hash(),
+                peer_id,
+                left: 100,
+                num_want: -1,
+                port: 6881,
+            };
+            (0, announce)
+        });
     Ok(FloodReport {
         sent: format!(
             "{} announces for new torrents at {}/s, 1 source",
@@ -297,23 +316,9 @@ fn peer_flood(udp: SocketAddr, until: &Until) -> io::Result<FloodReport> {
             notes: vec!["the tracker never answered the flood's connects".into()],
         });
     }
-    let mut pacer = Pacer::new(PEER_FLOOD_PER_SEC);
-    let started = Instant::now();
-    let mut last_connect = Instant::now();
-    let mut sent = 0u64;
-    let mut next = 0usize;
-    while !until.reached() {
-        if last_connect.elapsed() >= CONNECTION_ID_REFRESH {
-            fleet.send_connects(udp);
-            last_connect = Instant::now();
-        }
-        let granted = pacer.grant();
-        if granted == 0 {
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        for _ in 0..granted {
-            let socket = sockets[next % sockets.len()];
-            next += 1;
+    let (sent, elapsed) =
+        paced_announces(&mut fleet, udp, until, PEER_FLOOD_PER_SEC, |n, fleet| {
+            let socket = sockets[n as usize % sockets.len()];
             let announce = wire::Announce {
                 connection_id: fleet.connection_id(socket).expect("filtered above"),
                 transaction_id: fastrand::u32(..),
@@ -324,14 +329,8 @@ fn peer_flood(udp: SocketAddr, until: &Until) -> io::Result<FloodReport> {
                 num_want: -1,
                 port: fastrand::u16(1..),
             };
-            if fleet.send(socket, &announce.encode(), udp) {
-                sent += 1;
-            }
-        }
-    }
-    let elapsed = started.elapsed();
-    std::thread::sleep(Duration::from_millis(100));
-    fleet.finish();
+            (socket, announce)
+        });
     Ok(FloodReport {
         sent: format!(
             "{} announces into 1 torrent at {}/s, random ports from {with_id} sources",
